@@ -1,0 +1,37 @@
+"""Embedded default: scikit-learn's digits (1,797 real 8x8 digits) resized to 16x16, offline.
+
+  python -m launch.attack --config=configs/digits.py --workdir=/tmp/digits
+  python -m launch.attack --config=configs/digits.py:tiny --workdir=/tmp/tiny   # seconds, for tests
+"""
+
+from configs import common
+
+
+def get_config(arg: str = ''):
+  c = common.base_config()
+  c.dataset = 'digits'
+  c.image_size = 16
+  c.channels = 1
+  # 16x16: two conv blocks on the classifier side, three transposed blocks (4 -> 8 -> 16).
+  c.classifier.channels = (32, 64)
+  c.classifier.epochs = 30
+  c.classifier.batch_size = 64
+  c.eval_classifier.channels = (16, 32)
+  c.eval_classifier.epochs = 30
+  c.eval_classifier.batch_size = 64
+  c.decoder.width = 32
+  c.decoder.blocks = 3
+  c.decoder.epochs = 100
+  c.decoder.batch_size = 64
+  c.decoder.learning_rate = 1e-3
+  if arg == 'tiny':
+    c.max_per_split = 64
+    c.classifier.channels = (8, 16)
+    c.classifier.epochs = 2
+    c.eval_classifier.channels = (8, 8)
+    c.eval_classifier.epochs = 2
+    c.decoder.width = 8
+    c.decoder.epochs = 2
+  elif arg:
+    raise ValueError(f'unknown config variant {arg!r}; known: "" (default), "tiny"')
+  return c
