@@ -68,3 +68,27 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.eps_grid = [0.005 * i for i in range(21)]  # epsilon values of the epsilon-eta curve
   c.eval.num_figure_images = 10
   return c
+
+
+def make_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks any config to a seconds-long run with the same image size (tests, smoke runs)."""
+  c.max_per_split = 64
+  c.classifier.channels = (8,) * len(c.classifier.channels)
+  c.classifier.epochs = 2
+  c.classifier.batch_size = 32
+  c.eval_classifier.channels = (8,) * len(c.eval_classifier.channels)
+  c.eval_classifier.epochs = 2
+  c.eval_classifier.batch_size = 32
+  c.decoder.width = 8
+  c.decoder.epochs = 2
+  c.decoder.batch_size = 32
+  return c
+
+
+def variant(c: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
+  """Applies the `:arg` variant of a config file: '' (paper scale) or 'tiny'."""
+  if arg == 'tiny':
+    return make_tiny(c)
+  if arg:
+    raise ValueError(f'unknown config variant {arg!r}; known: "" (default), "tiny"')
+  return c

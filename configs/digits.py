@@ -24,14 +24,4 @@ def get_config(arg: str = ''):
   c.decoder.epochs = 100
   c.decoder.batch_size = 64
   c.decoder.learning_rate = 1e-3
-  if arg == 'tiny':
-    c.max_per_split = 64
-    c.classifier.channels = (8, 16)
-    c.classifier.epochs = 2
-    c.eval_classifier.channels = (8, 8)
-    c.eval_classifier.epochs = 2
-    c.decoder.width = 8
-    c.decoder.epochs = 2
-  elif arg:
-    raise ValueError(f'unknown config variant {arg!r}; known: "" (default), "tiny"')
-  return c
+  return common.variant(c, arg)

@@ -1,0 +1,53 @@
+"""The paper's utility and privacy metrics (Section VII-A) and input checks for confidence vectors.
+
+Utility: model accuracy of the (defended) vectors, confidence distortion (mean L2 distance between
+defended and clean vectors), label flip rate. Privacy: reconstruction error (mean per-image MSE), attack
+accuracy (the evaluation classifier's accuracy on reconstructions) and the epsilon-eta curve (fraction
+of reconstructions whose error exceeds epsilon; larger is better for the defender).
+"""
+
+import numpy as np
+
+
+def check_probability_vectors(probs: np.ndarray, *, name: str = 'probs', atol: float = 1e-4):
+  """Raises ValueError unless `probs` is a finite [N, m] array of rows in [0, 1] summing to 1."""
+  probs = np.asarray(probs)
+  if probs.ndim != 2:
+    raise ValueError(f'{name}: expected confidence vectors of shape [N, m], got {probs.shape}')
+  if not np.all(np.isfinite(probs)):
+    bad = int(np.sum(~np.all(np.isfinite(probs), axis=1)))
+    raise ValueError(f'{name}: {bad} rows hold NaN or inf; a defense must return finite vectors')
+  if probs.min() < -atol or probs.max() > 1 + atol:
+    raise ValueError(f'{name}: entries must lie in [0, 1], found range '
+                     f'[{probs.min():.4g}, {probs.max():.4g}]')
+  sums = probs.sum(axis=1)
+  worst = int(np.argmax(np.abs(sums - 1)))
+  if abs(sums[worst] - 1) > atol * probs.shape[1]:
+    raise ValueError(f'{name}: row {worst} sums to {sums[worst]:.6f}, not 1; '
+                     'pass probabilities (softmax outputs), not logits')
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+  return float(np.mean(np.argmax(probs, axis=1) == labels))
+
+
+def confidence_distortion(defended: np.ndarray, clean: np.ndarray) -> float:
+  """Mean L2 distance between defended and clean vectors (Table I 'Conf. Dist.')."""
+  return float(np.mean(np.linalg.norm(np.asarray(defended, np.float64) - clean, axis=1)))
+
+
+def label_flip_rate(defended: np.ndarray, clean: np.ndarray) -> float:
+  """Fraction of vectors whose argmax the defense changed."""
+  return float(np.mean(np.argmax(defended, axis=1) != np.argmax(clean, axis=1)))
+
+
+def per_image_mse(recon: np.ndarray, images: np.ndarray) -> np.ndarray:
+  if recon.shape != images.shape:
+    raise ValueError(f'reconstructions {recon.shape} and images {images.shape} differ in shape')
+  return np.mean(np.square(recon.astype(np.float64) - images), axis=tuple(range(1, images.ndim)))
+
+
+def eps_eta_curve(errors: np.ndarray, eps_grid) -> list[list[float]]:
+  """[[eps, fraction of errors > eps], ...]: a defense is better when the curve lies higher."""
+  errors = np.asarray(errors)
+  return [[float(e), float(np.mean(errors > e))] for e in eps_grid]

@@ -1,0 +1,68 @@
+"""Results of a run: `results.json`, `results.md` (the paper's Table I layout) and figures."""
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROW_FIELDS = ('defense', 'model_acc', 'conf_dist', 'attack_acc', 'recon_error', 'label_flip_rate',
+              'eps_eta')
+
+
+def write_results(workdir: str, *, dataset: str, config: dict, rows: list[dict]) -> str:
+  """Writes results.json and results.md; returns the markdown table."""
+  for row in rows:
+    missing = [f for f in ROW_FIELDS if f not in row]
+    if missing:
+      raise ValueError(f'result row {row.get("defense")!r} lacks {missing}')
+  os.makedirs(workdir, exist_ok=True)
+  doc = {'dataset': dataset, 'config': config, 'rows': rows}
+  _atomic_write(os.path.join(workdir, 'results.json'), json.dumps(doc, indent=2, default=float))
+  table = markdown_table(dataset, rows)
+  _atomic_write(os.path.join(workdir, 'results.md'), table)
+  return table
+
+
+def markdown_table(dataset: str, rows: list[dict]) -> str:
+  """Table I layout: utility (model acc, conf dist) then privacy (attack acc, recon error)."""
+  lines = [f'# {dataset}', '',
+           '| Method | Model Acc. | Conf. Dist. | Attack Acc. | Recon. Error | Label flips |',
+           '|---|---|---|---|---|---|']
+  for r in rows:
+    dist = '-' if r['defense'] == 'none' else f'{r["conf_dist"]:.5f}'
+    lines.append(f'| {r["defense"]} | {100 * r["model_acc"]:.2f}% | {dist} | '
+                 f'{100 * r["attack_acc"]:.2f}% | {r["recon_error"]:.5f} | '
+                 f'{100 * r["label_flip_rate"]:.2f}% |')
+  return '\n'.join(lines) + '\n'
+
+
+def save_reconstructions(path: str, ground_truth: np.ndarray, rows: dict[str, np.ndarray]) -> None:
+  """A grid: private ground truth in the first row, one row of reconstructions per entry of `rows`."""
+  names = ['ground truth'] + list(rows)
+  images = [ground_truth] + list(rows.values())
+  n = len(ground_truth)
+  fig, axes = plt.subplots(len(images), n, figsize=(n * 1.0, len(images) * 1.1), squeeze=False)
+  for r, (name, imgs) in enumerate(zip(names, images)):
+    for c in range(n):
+      ax = axes[r][c]
+      img = np.clip(imgs[c], 0, 1)
+      ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap='gray', vmin=0, vmax=1)
+      ax.set_xticks([])
+      ax.set_yticks([])
+    axes[r][0].set_ylabel(name, rotation=0, ha='right', va='center', fontsize=9)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _atomic_write(path: str, text: str) -> None:
+  """Write-then-rename, so an interrupted run never leaves a half-written results file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)

@@ -1,0 +1,123 @@
+"""A generic optax training loop over jitted pure step functions, with stage checkpoints.
+
+A step function has the signature `step(state, batch, rng) -> (state, metrics)`, where `batch` is a tuple
+of arrays whose leading axis is the batch and `metrics['loss']` is a scalar. `fit` shuffles with a
+per-epoch seed (so a resumed run sees the same batches as an uninterrupted one), shards each batch over
+the 'data' mesh axis, shows a progress bar with the loss, saves after each epoch and stops with a clear
+error when the loss stops being finite.
+"""
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from flax import struct
+from tqdm import tqdm
+
+from mip_jax import parallel
+from mip_jax.checkpoints import StageCheckpoint
+
+
+class TrainState(struct.PyTreeNode):
+  """Everything a stage needs to continue training; `tx` is static (not saved)."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, *, variables: dict, tx: optax.GradientTransformation) -> 'TrainState':
+    params = variables['params']
+    return cls(step=jnp.zeros((), jnp.int32), params=params,
+               batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params), tx=tx)
+
+  def apply_gradients(self, grads, batch_stats) -> 'TrainState':
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                        batch_stats=batch_stats, opt_state=opt_state)
+
+  @property
+  def variables(self) -> dict:
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+StepFn = Callable[[TrainState, tuple, jax.Array], tuple[TrainState, dict]]
+
+
+def epoch_batches(num_examples: int, batch_size: int, *, seed: int, epoch: int) -> list[np.ndarray]:
+  """Index arrays of the shuffled full batches of one epoch (the remainder is dropped)."""
+  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  n = num_examples // batch_size
+  return [perm[i * batch_size:(i + 1) * batch_size] for i in range(n)]
+
+
+def _saved(state: TrainState) -> dict:
+  """The checkpointed part of a state: a plain dict (the optimiser `tx` is code, not data)."""
+  return {'step': state.step, 'params': state.params, 'batch_stats': state.batch_stats,
+          'opt_state': state.opt_state}
+
+
+def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, epochs: int,
+        batch_size: int, seed: int, checkpoint: StageCheckpoint | None = None,
+        mesh: jax.sharding.Mesh | None = None, desc: str = 'train') -> TrainState:
+  """Trains `state` for `epochs` epochs over `arrays`, resuming from `checkpoint` when it has progress.
+
+  Args:
+    state: the initial state (also the structure template for restoring).
+    step_fn: pure step function; jitted here.
+    arrays: training arrays with equal leading dimension.
+    epochs: total epochs of the stage.
+    batch_size: examples per step; clipped to the dataset size, must split over the mesh's devices.
+    seed: data order and per-step rngs derive from it.
+    checkpoint: where to save after each epoch / resume from; None trains without saving.
+    mesh: device mesh ('data' axis); default all devices.
+    desc: progress-bar label.
+
+  Returns:
+    The trained state (on host memory layout of the mesh, replicated).
+  """
+  mesh = mesh or parallel.data_mesh()
+  num = len(arrays[0])
+  if any(len(a) != num for a in arrays):
+    raise ValueError(f'training arrays differ in length: {[len(a) for a in arrays]}')
+  batch_size = min(batch_size, num)
+  batch_size -= batch_size % mesh.devices.size
+  if batch_size == 0:
+    raise ValueError(f'{num} training examples cannot fill a batch on {mesh.devices.size} devices')
+
+  start = 0
+  if checkpoint is not None:
+    meta = checkpoint.latest()
+    if meta is not None:
+      state = state.replace(**checkpoint.restore(_saved(state)))
+      start = meta['epoch']
+      if start >= epochs:
+        logging.info('%s: finished stage found in %s, loaded', desc, checkpoint.directory)
+        return parallel.replicate(state, mesh)
+      logging.info('%s: resuming at epoch %d/%d from %s', desc, start + 1, epochs, checkpoint.directory)
+
+  state = parallel.replicate(state, mesh)
+  step = jax.jit(step_fn, donate_argnums=0)
+  key = jax.random.key(seed)
+  for epoch in range(start, epochs):
+    batches = epoch_batches(num, batch_size, seed=seed, epoch=epoch)
+    bar = tqdm(batches, desc=f'{desc} {epoch + 1}/{epochs}', leave=False, disable=None)
+    losses = []
+    for idx in bar:
+      batch = parallel.shard_batch(tuple(a[idx] for a in arrays), mesh)
+      state, metrics = step(state, batch, jax.random.fold_in(key, int(state.step)))
+      loss = float(metrics['loss'])
+      if not np.isfinite(loss):
+        raise FloatingPointError(
+            f'{desc}: loss became {loss} at epoch {epoch + 1}, step {int(state.step)}; the last good '
+            f'checkpoint is kept. Lower the learning rate or check the inputs for NaN/inf.')
+      losses.append(loss)
+      bar.set_postfix(loss=f'{loss:.4f}')
+    logging.info('%s epoch %d/%d: loss %.5f', desc, epoch + 1, epochs, np.mean(losses))
+    if checkpoint is not None:
+      checkpoint.save(epoch + 1, _saved(state), epochs=epochs, extra={'loss': float(np.mean(losses))})
+  return state
