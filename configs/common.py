@@ -3,7 +3,7 @@
 Field meanings (all overridable from the command line, e.g. `--config.seed=1`):
   dataset        name known to `mip_jax.data` (digits, mnist, fashion_mnist, cifar10, facescrub)
   data_dir       TFDS data_dir; None means the TFDS default (~/tensorflow_datasets or $TFDS_DATA_DIR)
-  manual_dir     folder of raw files for builders that need them (FaceScrub); None = <data_dir>/downloads/manual
+  manual_dir     folder of raw files for builders that need them (FaceScrub); None = <data_dir>/downloads/manual/facescrub
   image_size     side of the square images the models see (data is resized/padded to it)
   channels       1 (grey) or 3 (RGB)
   seed           one seed from which every stage derives its own
@@ -63,6 +63,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.attack.log_floor = -1000.0
   c.attack.reconstruct_from = 'clean'   # 'clean' (Definition 2) or 'defended' vectors of private data
 
+  # LPA crafting (Algorithm 1; Witches' Brew optimiser).
+  c.lpa = ml_collections.ConfigDict()
+  c.lpa.eps = 0.01                      # L2 radius of each perturbation (Table VI sweeps it)
+  c.lpa.steps = 240                     # R optimisation rounds
+  c.lpa.tau = 0.1                       # step size = tau * eps (signed Adam)
+  c.lpa.milestones = (0.375, 0.625, 0.875)  # fractions of R where the step size drops 10x
+  c.lpa.restarts = 1                    # random restarts; the lowest alignment loss wins
+  c.lpa.mode = 'aggregate'              # 'aggregate' (paper) or 'per_example'
+  c.lpa.batch_size = 128                # queries crafted together (split over devices)
+  c.lpa.distance = 'cosine'             # 'cosine' (LPA) or 'mse' (the Poi_MSE ablation)
+  c.lpa.loss = 'mse'                    # defender's reconstruction loss R (Table II: 'mse'/'psnr')
+
   # Metrics.
   c.eval = ml_collections.ConfigDict()
   c.eval.eps_grid = [0.005 * i for i in range(21)]  # epsilon values of the epsilon-eta curve
@@ -82,6 +94,8 @@ def make_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.decoder.width = 8
   c.decoder.epochs = 2
   c.decoder.batch_size = 32
+  c.lpa.steps = 4
+  c.lpa.batch_size = 32
   return c
 
 
