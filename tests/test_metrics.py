@@ -47,8 +47,14 @@ def test_per_image_mse_checks_shapes():
 def test_log_transform_truncates_clamps_and_offsets():
   p = jnp.array([[0.6, 0.3, 0.1, 0.0]])
   z = transforms.log_transform(p, top_k=2, floor=-1000.0)
-  np.testing.assert_allclose(z, [[1000 + np.log(0.6), 1000 + np.log(0.3), 0.0, 0.0]], rtol=1e-6)
-  assert float(jnp.min(transforms.log_transform(p))) == 0.0  # zero probability -> floor -> 0
+  np.testing.assert_allclose(z, [[50 + np.log(0.6), 50 + np.log(0.3), 0.0, 0.0]], rtol=1e-6)
+  # A zero probability lands on the floor, and its row is shifted up so its minimum is 0.
+  z = transforms.log_transform(p)
+  np.testing.assert_allclose(z, [[1000 + np.log(0.6), 1000 + np.log(0.3), 1000 + np.log(0.1), 0]],
+                             rtol=1e-6)
+  # Rows with log p >= -50 everywhere are not shifted: the offset is 50, as in Yang's code.
+  q = jnp.array([[0.5, 0.25, 0.25]])
+  np.testing.assert_allclose(transforms.log_transform(q), 50 + np.log(q), rtol=1e-6)
   g = jax.grad(lambda q: transforms.log_transform(q).sum())(p)
   assert np.all(np.isfinite(g))  # differentiable at p = 0 (LPA differentiates through it)
   np.testing.assert_allclose(g[0, :3], 1 / np.array([0.6, 0.3, 0.1]), rtol=1e-5)

@@ -1,7 +1,9 @@
 """What the attacker feeds its decoder (Yang et al., CCS'19): log-probabilities or raw probabilities.
 
-`log`: keep the top-k entries (others set to 0), take the log, clamp at `floor` (-1000, where the log
-of 0 lands) and shift by -floor so every input is non-negative. Tiny probabilities become large,
+`log` (Yang's released code): take the log of the top-k entries, clamp at `floor` (-1000), add 50 and,
+where a row still has a negative entry, shift that row up so its minimum is 0; entries outside the
+top k are 0. A constant offset of 1000 instead would swamp the 20-30 units of log-probability range
+that carry the information (BatchNorm's variance then cancels out in float32). Tiny probabilities become large,
 well-separated inputs in log space; this is why tiny perturbations can move a decoder.
 `prob`: the (top-k truncated) probabilities themselves.
 Both are differentiable in the probabilities (LPA differentiates through them).
@@ -21,13 +23,19 @@ def truncate_top_k(probs: jnp.ndarray, k: int | None) -> jnp.ndarray:
   return jnp.where(probs >= kth, probs, 0.0)
 
 
+LOG_OFFSET = 50.0
+
+
 def log_transform(probs: jnp.ndarray, *, top_k: int | None = None,
                   floor: float = -1000.0) -> jnp.ndarray:
-  """max(log(p), floor) - floor, with zeros (and truncated entries) mapped to 0."""
-  p = truncate_top_k(probs, top_k)
-  positive = p > 0
-  logp = jnp.log(jnp.where(positive, p, 1.0))  # where-guard keeps the gradient finite at p = 0
-  return jnp.where(positive, jnp.maximum(logp, floor), floor) - floor
+  """Yang et al.'s input: max(log p, floor) + 50, rows shifted to be >= 0, truncated entries 0."""
+  kept = truncate_top_k(probs, top_k) > 0 if top_k is not None else jnp.ones_like(probs, bool)
+  positive = probs > 0
+  logp = jnp.log(jnp.where(positive, probs, 1.0))  # where-guard keeps the gradient finite at p = 0
+  z = jnp.where(positive, jnp.maximum(logp, floor), floor) + LOG_OFFSET
+  row_min = jnp.min(jnp.where(kept, z, jnp.inf), axis=-1, keepdims=True)
+  z = z + jax.nn.relu(-row_min)
+  return jnp.where(kept, z, 0.0)
 
 
 def prob_transform(probs: jnp.ndarray, *, top_k: int | None = None) -> jnp.ndarray:

@@ -1,0 +1,131 @@
+"""The evaluation protocol of design section 2 as functions; launchers call `run`.
+
+  setup = prepare(config, workdir)   # data, target classifier T, evaluation classifier E, clean vectors
+  row, recon = evaluate_defense(setup, name)   # defend queries, train the attacker, measure
+  results = run(config, workdir, defenses=('none',))   # all of it + results.json/.md + figure
+
+Stages are cached in `<workdir>/checkpoints/`: rerunning with the same workdir reuses them.
+"""
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from mip_jax import defenses, metrics, parallel, report, stages
+from mip_jax.attacks import transforms
+from mip_jax.data import Splits, load_splits
+
+
+@dataclasses.dataclass
+class Setup:
+  """What every defense of one run shares (trained once, cached in the workdir)."""
+  config: Any
+  workdir: str
+  splits: Splits
+  classifier: tuple            # (model, variables) of the target classifier T
+  evaluator: tuple             # (model, variables) of the evaluation classifier E
+  clean: dict                  # clean softmax vectors: 'attack_train', 'private_train', 'private_test'
+  mesh: jax.sharding.Mesh
+
+
+def data_fingerprint(config) -> dict:
+  """The config fields that decide which examples a stage sees."""
+  keys = ('dataset', 'image_size', 'channels', 'private_classes', 'attack_classes', 'max_per_split',
+          'test_fraction')
+  return {k: config[k] for k in keys}
+
+
+def prepare(config, workdir: str, *, mesh=None) -> Setup:
+  """Loads the data and trains (or loads) the target and evaluation classifiers."""
+  mesh = mesh or parallel.data_mesh()
+  splits = load_splits(config)
+  logging.info('%s: %d private train / %d private test / %d attack train images of %s, %d devices',
+               config.dataset, len(splits.private_train.labels), len(splits.private_test.labels),
+               len(splits.attack_train.labels), splits.image_shape, mesh.devices.size)
+  m = splits.num_private_classes
+  data = data_fingerprint(config)
+  tr = splits.private_train
+  classifier = stages.train_classifier(config.classifier, tr.images, tr.labels, m, workdir=workdir,
+                                       stage='classifier', seed=config.seed, mesh=mesh,
+                                       fingerprint_extra=data)
+  evaluator = stages.train_classifier(config.eval_classifier, tr.images, tr.labels, m,
+                                      workdir=workdir, stage='eval_classifier',
+                                      seed=config.seed + 1, mesh=mesh, fingerprint_extra=data)
+  clean = {name: stages.predict_probs(*classifier, getattr(splits, name).images)
+           for name in ('attack_train', 'private_train', 'private_test')}
+  return Setup(config=config, workdir=workdir, splits=splits, classifier=classifier,
+               evaluator=evaluator, clean=clean, mesh=mesh)
+
+
+def evaluate_defense(setup: Setup, name: str) -> tuple[dict, np.ndarray]:
+  """Runs protocol steps 4-7 for one defense; returns (result row, reconstructions of private data)."""
+  config, splits = setup.config, setup.splits
+  module = defenses.get(name)
+  start = time.time()
+  state = module.fit(setup)
+  defended_queries = module.apply(state, setup.clean['attack_train'],
+                                  images=splits.attack_train.images)
+  defended_test = module.apply(state, setup.clean['private_test'], images=splits.private_test.images)
+  metrics.check_probability_vectors(defended_queries, name=f'{name} defended queries')
+  metrics.check_probability_vectors(defended_test, name=f'{name} defended test vectors')
+  defend_s = time.time() - start
+
+  # Steps 5-6: the attacker trains a fresh decoder on (defended vector, query image) pairs.
+  z = np.asarray(transforms.attacker_input(defended_queries, config.attack))
+  decoder = stages.train_decoder(
+      config, z, splits.attack_train.images, workdir=setup.workdir, stage=f'attacker_{name}',
+      seed=config.seed + 2, mesh=setup.mesh,
+      fingerprint_extra=data_fingerprint(config))
+
+  # Step 7: reconstruct private training data from its clean (Definition 2) or defended vectors.
+  private = splits.private_train
+  source = setup.clean['private_train']
+  if config.attack.reconstruct_from == 'defended':
+    source = module.apply(state, source, images=private.images)
+  elif config.attack.reconstruct_from != 'clean':
+    raise ValueError(f"attack.reconstruct_from must be 'clean' or 'defended', "
+                     f'got {config.attack.reconstruct_from!r}')
+  recon = stages.reconstruct(*decoder, np.asarray(transforms.attacker_input(source, config.attack)))
+  errors = metrics.per_image_mse(recon, private.images)
+  recon_probs = stages.predict_probs(*setup.evaluator, recon)
+  row = {
+      'defense': name,
+      'model_acc': metrics.accuracy(defended_test, splits.private_test.labels),
+      'conf_dist': metrics.confidence_distortion(defended_queries, setup.clean['attack_train']),
+      'attack_acc': metrics.accuracy(recon_probs, private.labels),
+      'recon_error': float(np.mean(errors)),
+      'label_flip_rate': metrics.label_flip_rate(defended_queries, setup.clean['attack_train']),
+      'eps_eta': metrics.eps_eta_curve(errors, config.eval.eps_grid),
+      'defend_seconds': defend_s,
+  }
+  return row, recon
+
+
+def figure_indices(labels: np.ndarray, n: int) -> np.ndarray:
+  """`n` private examples spread over the classes (round-robin), for the reconstruction figure."""
+  by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+  picked = [idx[i] for i in range(max(map(len, by_class))) for idx in by_class if i < len(idx)]
+  return np.asarray(picked[:n])
+
+
+def run(config, workdir: str, *, defenses_to_run=('none',), mesh=None) -> dict:
+  """The whole protocol for the listed defenses; writes results.json, results.md and the figure."""
+  names = defenses.check_names(defenses_to_run)  # fail on a typo before any training
+  os.makedirs(workdir, exist_ok=True)
+  setup = prepare(config, workdir, mesh=mesh)
+  rows, recons = [], {}
+  for name in names:
+    row, recon = evaluate_defense(setup, name)
+    rows.append(row)
+    recons[name] = recon
+  table = report.write_results(workdir, dataset=config.dataset, config=config.to_dict(), rows=rows)
+  idx = figure_indices(setup.splits.private_train.labels, config.eval.num_figure_images)
+  report.save_reconstructions(os.path.join(workdir, 'figures', 'reconstructions.png'),
+                              setup.splits.private_train.images[idx],
+                              {name: r[idx] for name, r in recons.items()})
+  return {'dataset': config.dataset, 'rows': rows, 'table': table}
