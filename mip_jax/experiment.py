@@ -19,6 +19,7 @@ from absl import logging
 from mip_jax import defenses, metrics, parallel, report, stages
 from mip_jax.attacks import transforms
 from mip_jax.data import Splits, load_splits
+from mip_jax.models.decoder import check_geometry
 
 
 @dataclasses.dataclass
@@ -43,6 +44,8 @@ def data_fingerprint(config) -> dict:
 def prepare(config, workdir: str, *, mesh=None) -> Setup:
   """Loads the data and trains (or loads) the target and evaluation classifiers."""
   mesh = mesh or parallel.data_mesh()
+  # Config errors surface before any data is read or any stage is trained.
+  check_geometry((config.image_size, config.image_size, config.channels), config.decoder.blocks)
   splits = load_splits(config)
   logging.info('%s: %d private train / %d private test / %d attack train images of %s, %d devices',
                config.dataset, len(splits.private_train.labels), len(splits.private_test.labels),

@@ -1,0 +1,93 @@
+"""The protocol end to end on tiny digits, the launcher's error paths, and stage reuse."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mip_jax import defenses, experiment, stages
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def launch(*args, timeout=120):
+  return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def test_tiny_run_writes_sane_results_and_reuses_stages(tiny_config, tmp_path, monkeypatch):
+  workdir = str(tmp_path / 'run')
+  result = experiment.run(tiny_config, workdir)
+  doc = json.load(open(os.path.join(workdir, 'results.json')))
+  assert doc['dataset'] == 'digits' and doc['config']['decoder']['width'] == 8
+  (row,) = doc['rows']
+  assert row['defense'] == 'none'
+  assert 0.0 <= row['model_acc'] <= 1.0 and 0.0 <= row['attack_acc'] <= 1.0
+  assert row['conf_dist'] == 0.0 and row['label_flip_rate'] == 0.0
+  assert 0.0 < row['recon_error'] < 0.5
+  fracs = [f for _, f in row['eps_eta']]
+  assert fracs[0] == 1.0 and all(a >= b for a, b in zip(fracs, fracs[1:]))
+  assert '| none |' in open(os.path.join(workdir, 'results.md')).read()
+  assert os.path.getsize(os.path.join(workdir, 'figures', 'reconstructions.png')) > 1000
+  for stage in ('classifier', 'eval_classifier', 'attacker_none'):
+    assert os.path.isdir(os.path.join(workdir, 'checkpoints', stage))
+
+  # A rerun loads every stage: no training step may run.
+  monkeypatch.setattr(stages, 'classifier_step', None)
+  monkeypatch.setattr(stages, 'decoder_step', None)
+  again = experiment.run(tiny_config, workdir)
+  assert again['rows'][0]['recon_error'] == pytest.approx(row['recon_error'], abs=1e-6)
+  assert again['rows'][0]['attack_acc'] == row['attack_acc']
+
+
+def test_unknown_defense_fails_before_training(tiny_config, tmp_path):
+  with pytest.raises(ValueError, match='known defenses: .*none'):
+    experiment.run(tiny_config, str(tmp_path), defenses_to_run=('none', 'magic'))
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_figure_indices_cover_classes():
+  labels = np.array([0, 0, 1, 1, 2, 2, 0])
+  idx = experiment.figure_indices(labels, 4)
+  assert list(labels[idx]) == [0, 1, 2, 0]
+
+
+def test_defense_registry_lists_known_names():
+  assert defenses.get('none').apply(None, np.eye(2)).tolist() == [[1, 0], [0, 1]]
+  with pytest.raises(ValueError, match='known defenses'):
+    defenses.get('nope')
+
+
+def test_facescrub_without_data_fails_fast_with_instructions(tmp_path):
+  start = time.time()
+  r = launch('launch.attack', '--config=configs/facescrub.py', f'--config.data_dir={tmp_path}',
+             f'--workdir={tmp_path / "w"}')
+  assert r.returncode != 0
+  assert '--config.manual_dir=' in r.stderr and '<manual_dir>/<Identity_Name>/' in r.stderr
+  assert time.time() - start < 60
+
+
+def test_mnist_without_data_fails_fast(tmp_path):
+  r = launch('launch.attack', '--config=configs/mnist.py', f'--config.data_dir={tmp_path}',
+             f'--workdir={tmp_path / "w"}')
+  assert r.returncode != 0 and 'tfds build mnist' in r.stderr
+
+
+def test_launcher_rejects_unknown_config_key(tmp_path):
+  r = launch('launch.attack', '--config=configs/digits.py:tiny', '--config.no_such_field=1',
+             f'--workdir={tmp_path}')
+  assert r.returncode != 0 and 'no_such_field' in r.stderr
+
+
+def test_unknown_dataset_and_wrong_image_shape_fail_clearly(tiny_config, tmp_path):
+  tiny_config.dataset = 'imagenet'
+  with pytest.raises(ValueError, match='digits'):
+    experiment.prepare(tiny_config, str(tmp_path))
+  tiny_config.dataset = 'digits'
+  tiny_config.image_size = 20
+  with pytest.raises(ValueError, match='image_size'):
+    experiment.prepare(tiny_config, str(tmp_path))
