@@ -6,9 +6,9 @@
 `setup` is an `experiment.Setup` (cached classifier, splits, clean vectors, workdir, config).
 """
 
-from mip_jax.defenses import none
+from mip_jax.defenses import lpa, none
 
-REGISTRY = {'none': none}
+REGISTRY = {'none': none, 'lpa': lpa}
 
 
 def get(name: str):

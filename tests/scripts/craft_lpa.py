@@ -1,0 +1,48 @@
+"""Crafts LPA vectors for a fixed tiny problem and saves them: run under different device counts.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/scripts/craft_lpa.py OUT.npz MODE
+"""
+
+import sys
+
+import jax
+
+jax.config.update('jax_enable_x64', True)  # sign(grad) must not flip on last-bit reduction noise
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import digits  # noqa: E402
+from mip_jax import parallel  # noqa: E402
+from mip_jax.defenses import lpa  # noqa: E402
+from mip_jax.models import make_decoder  # noqa: E402
+
+
+def problem(mode: str):
+  c = digits.get_config('tiny')
+  c.lpa.mode = mode
+  c.lpa.steps = 6
+  c.lpa.batch_size = 16
+  c.lpa.restarts = 2
+  c.decoder.width = 4
+  rng = np.random.default_rng(0)
+  probs = np.asarray(jax.nn.softmax(rng.normal(size=(40, 5)) * 4, -1))
+  images = rng.uniform(size=(40, 16, 16, 1))
+  model = make_decoder(c, 5)
+  variables = model.init(jax.random.key(0), jnp.asarray(probs[:1]), train=False)
+  loss_fn = lpa.decoder_loss_fn(model, variables['batch_stats'], c.attack)
+  g_t = lpa.target_gradient(loss_fn, variables['params'], probs[:8], images[:8])
+  return c, model, variables, g_t, probs, images
+
+
+def main(out: str, mode: str):
+  c, model, variables, g_t, probs, images = problem(mode)
+  crafter = lpa.Crafter(model=model, variables=variables, target_grad=g_t, config=c,
+                        mesh=parallel.data_mesh())
+  defended, losses = crafter(probs, images, seed=0)
+  np.savez(out, defended=defended, losses=losses, devices=len(jax.devices()),
+           compiles=crafter.craft_fn._cache_size())
+
+
+if __name__ == '__main__':
+  main(*sys.argv[1:])
