@@ -1,0 +1,139 @@
+"""Step timings for the decoder training step and the LPA alignment step (`launch.benchmark`).
+
+Each step is jitted, warmed up, then timed `repeats` times; the median is reported with the FLOPs XLA
+counts for it and the fraction of a matmul peak measured in the same process (these machines are
+noisy: compare ratios from one run, not absolute numbers across runs).
+"""
+
+import functools
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mip_jax import parallel, stages, train
+from mip_jax.defenses import feasible, lpa
+from mip_jax.losses import alignment
+from mip_jax.models import make_decoder
+
+
+def _median_ms(fn, *args, repeats: int, warmup: int = 2) -> float:
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t)
+  return 1000 * float(np.median(times))
+
+
+def _flops(jitted, *args) -> float:
+  cost = jitted.lower(*args).compile().cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX returns one dict per computation
+    cost = cost[0]
+  return float(cost.get('flops', float('nan'))) if cost else float('nan')
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+  """Best observed float32 GFLOP/s of an n x n x n matmul on the default device."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(jnp.matmul)
+  jax.block_until_ready(f(a, a))
+  best = min(_time_once(f, a, a) for _ in range(repeats))
+  return 2 * n ** 3 / best / 1e9
+
+
+def _time_once(fn, *args) -> float:
+  t = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - t
+
+
+def peak_memory_mb() -> tuple[float, str]:
+  """Peak device memory where the backend reports it (GPU/TPU), else the process's peak RSS."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 2 ** 20, 'device peak_bytes_in_use'
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'host peak RSS'
+
+
+def run(config, *, repeats: int = 10, mesh=None) -> dict:
+  """Times one decoder training step and one LPA alignment step (both modes) on random data."""
+  mesh = mesh or parallel.data_mesh()
+  m = len(config.private_classes) if config.dataset != 'facescrub' else 100
+  shape = (config.image_size, config.image_size, config.channels)
+  b = config.decoder.batch_size
+  rng = np.random.default_rng(0)
+  probs = np.asarray(jax.nn.softmax(rng.normal(size=(b, m)) * 5, -1), np.float32)
+  images = rng.uniform(size=(b, *shape)).astype(np.float32)
+  model = make_decoder(config, m)
+  variables = model.init(jax.random.key(0), probs[:1], train=False)
+
+  # Plain decoder training step (train-mode BatchNorm, Adam): what the attacker runs.
+  from mip_jax.attacks import transforms
+  z = np.asarray(transforms.attacker_input(probs, config.attack))
+  state = parallel.replicate(train.TrainState.create(
+      variables=variables, tx=stages.decoder_optimizer(config.decoder)), mesh)
+  batch = parallel.shard_batch((z, images), mesh)
+  key = jax.random.key(0)
+  train_step = jax.jit(functools.partial(stages.decoder_step, model=model, loss=config.decoder.loss))
+  train_ms = _median_ms(lambda s: train_step(s, batch, key)[1]['loss'], state, repeats=repeats)
+  train_flops = _flops(train_step, state, batch, key)
+
+  # One LPA crafting round: second-order gradient, signed Adam update, projection.
+  loss_fn = lpa.decoder_loss_fn(model, variables['batch_stats'], config.attack, config.lpa.loss)
+  g_t = parallel.replicate(lpa.target_gradient(loss_fn, variables['params'], probs, images), mesh)
+  params = parallel.replicate(variables['params'], mesh)
+  opt = lpa.delta_optimizer(config.lpa)
+  c, x, w = parallel.shard_batch((probs, images, np.ones(b, np.float32)), mesh)
+  delta = jnp.zeros_like(c)
+
+  def align_step(delta, opt_state, params, g_t, c, x, w, *, per_example):
+    loss = alignment.per_example_alignment_loss if per_example else alignment.alignment_loss
+    g = jax.grad(lambda d: loss(feasible.project(c, c + d, config.lpa.eps), loss_fn=loss_fn,
+                                params=params, images=x, target_grad=g_t, weights=w))(delta)
+    updates, opt_state = opt.update(g, opt_state, delta)
+    return feasible.project(c, c + optax.apply_updates(delta, updates), config.lpa.eps) - c, opt_state
+
+  out = {}
+  for name, per_example in (('align_step', False), ('align_per_example_step', True)):
+    step = jax.jit(functools.partial(align_step, per_example=per_example))
+    args = (delta, opt.init(delta), params, g_t, c, x, w)
+    out[f'{name}_ms'] = _median_ms(lambda *a: step(*a)[0], *args, repeats=repeats)
+    out[f'{name}_flops'] = _flops(step, *args)
+
+  peak = matmul_peak_gflops()
+  mem, mem_source = peak_memory_mb()
+  frac = lambda flops, ms: flops / (ms / 1000) / 1e9 / peak
+  return {
+      'platform': jax.default_backend(),
+      'device_kind': jax.devices()[0].device_kind,
+      'devices': int(mesh.devices.size),
+      'batch_size': b,
+      'num_classes': m,
+      'image_shape': list(shape),
+      'decoder_blocks': config.decoder.blocks,
+      'decoder_width': config.decoder.width,
+      'decoder_params': int(sum(p.size for p in jax.tree.leaves(variables['params']))),
+      'train_step_ms': train_ms,
+      'align_step_ms': out['align_step_ms'],
+      'align_per_example_step_ms': out['align_per_example_step_ms'],
+      'align_to_train_ratio': out['align_step_ms'] / train_ms,
+      'craft_vectors_per_s': b / (config.lpa.steps * out['align_step_ms'] / 1000),
+      'craft_steps': config.lpa.steps,
+      'train_step_flops': train_flops,
+      'align_step_flops': out['align_step_flops'],
+      'align_per_example_step_flops': out['align_per_example_step_flops'],
+      'matmul_peak_gflops': peak,
+      'train_step_peak_fraction': frac(train_flops, train_ms),
+      'align_step_peak_fraction': frac(out['align_step_flops'], out['align_step_ms']),
+      'align_per_example_step_peak_fraction': frac(out['align_per_example_step_flops'],
+                                                   out['align_per_example_step_ms']),
+      'peak_memory_mb': mem,
+      'peak_memory_source': mem_source,
+      'repeats': repeats,
+  }
