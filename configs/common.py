@@ -62,6 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.attack.top_k = ml_collections.config_dict.placeholder(int)  # None = keep all m entries
   c.attack.log_floor = -1000.0
   c.attack.reconstruct_from = 'clean'   # 'clean' (Definition 2) or 'defended' vectors of private data
+  c.attack.adaptive = 'none'            # Table X: 'none', 'noise' or 'softmax' on received vectors
+  c.attack.adaptive_noise_std = 1e-3    # std of the 'noise' adaptive attacker
 
   # LPA crafting (Algorithm 1; Witches' Brew optimiser).
   c.lpa = ml_collections.ConfigDict()

@@ -1,6 +1,7 @@
 """Flags every launcher shares: --config (ml_collections config file) and --workdir."""
 
 import os
+import sys
 
 import jax
 from absl import flags, logging
@@ -15,6 +16,24 @@ WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, resu
 
 def workdir_for(config) -> str:
   return WORKDIR.value or os.path.join('runs', config.dataset)
+
+
+def run_protocol(defenses, attackers=None) -> None:
+  """Runs the protocol for `defenses` with the --config/--workdir flags and prints the table.
+
+  A missing dataset ends the process with its instructions and a non-zero exit code.
+  """
+  from mip_jax import experiment  # noqa: late import keeps `--help` fast
+  from mip_jax.data import DatasetNotFoundError
+  log_devices()
+  config = CONFIG.value
+  workdir = workdir_for(config)
+  try:
+    result = experiment.run(config, workdir, defenses_to_run=defenses, attackers=attackers)
+  except DatasetNotFoundError as e:
+    sys.exit(f'error: {e}')
+  print(result['table'])
+  print(f'results written to {workdir}')
 
 
 def log_devices() -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from mip_jax import defenses, metrics, parallel, report, stages
-from mip_jax.attacks import transforms
+from mip_jax.attacks import adaptive, transforms
 from mip_jax.data import Splits, load_splits
 from mip_jax.models.decoder import check_geometry
 
@@ -65,9 +65,16 @@ def prepare(config, workdir: str, *, mesh=None) -> Setup:
                evaluator=evaluator, clean=clean, mesh=mesh)
 
 
-def evaluate_defense(setup: Setup, name: str) -> tuple[dict, np.ndarray]:
-  """Runs protocol steps 4-7 for one defense; returns (result row, reconstructions of private data)."""
+def evaluate_defense(setup: Setup, name: str, *, attackers=None) -> list[tuple[dict, np.ndarray]]:
+  """Protocol steps 4-7 for one defense, against each attacker; [(result row, reconstructions)].
+
+  `attackers` lists adaptive attackers (attacks.adaptive: 'none', 'noise', 'softmax'); default
+  `[config.attack.adaptive]`. The defense is fitted and applied once for all of them.
+  """
   config, splits = setup.config, setup.splits
+  attackers = list(attackers or [config.attack.adaptive])
+  for kind in attackers:
+    adaptive.check(kind)  # unknown kinds fail before any work
   module = defenses.get(name)
   start = time.time()
   state = module.fit(setup)
@@ -78,14 +85,7 @@ def evaluate_defense(setup: Setup, name: str) -> tuple[dict, np.ndarray]:
   metrics.check_probability_vectors(defended_test, name=f'{name} defended test vectors')
   defend_s = time.time() - start
 
-  # Steps 5-6: the attacker trains a fresh decoder on (defended vector, query image) pairs.
-  z = np.asarray(transforms.attacker_input(defended_queries, config.attack))
-  decoder = stages.train_decoder(
-      config, z, splits.attack_train.images, workdir=setup.workdir, stage=f'attacker_{name}',
-      seed=config.seed + 2, mesh=setup.mesh,
-      fingerprint_extra=data_fingerprint(config))
-
-  # Step 7: reconstruct private training data from its clean (Definition 2) or defended vectors.
+  # Step 7's source: the private data's clean (Definition 2) or defended vectors.
   private = splits.private_train
   source = setup.clean['private_train']
   if config.attack.reconstruct_from == 'defended':
@@ -93,20 +93,35 @@ def evaluate_defense(setup: Setup, name: str) -> tuple[dict, np.ndarray]:
   elif config.attack.reconstruct_from != 'clean':
     raise ValueError(f"attack.reconstruct_from must be 'clean' or 'defended', "
                      f'got {config.attack.reconstruct_from!r}')
-  recon = stages.reconstruct(*decoder, np.asarray(transforms.attacker_input(source, config.attack)))
-  errors = metrics.per_image_mse(recon, private.images)
-  recon_probs = stages.predict_probs(*setup.evaluator, recon)
-  row = {
-      'defense': name,
-      'model_acc': metrics.accuracy(defended_test, splits.private_test.labels),
-      'conf_dist': metrics.confidence_distortion(defended_queries, setup.clean['attack_train']),
-      'attack_acc': metrics.accuracy(recon_probs, private.labels),
-      'recon_error': float(np.mean(errors)),
-      'label_flip_rate': metrics.label_flip_rate(defended_queries, setup.clean['attack_train']),
-      'eps_eta': metrics.eps_eta_curve(errors, config.eval.eps_grid),
-      'defend_seconds': defend_s,
-  }
-  return row, recon
+
+  results = []
+  for kind in attackers:
+    adapt = lambda p: adaptive.adapt(p, kind, noise_std=config.attack.adaptive_noise_std,
+                                     seed=config.seed)
+    received = adapt(defended_queries)
+    # Steps 5-6: the attacker trains a fresh decoder on (received vector, query image) pairs.
+    z = np.asarray(transforms.attacker_input(received, config.attack))
+    stage = f'attacker_{name}' if kind == 'none' else f'attacker_{name}_{kind}'
+    decoder = stages.train_decoder(config, z, splits.attack_train.images, workdir=setup.workdir,
+                                   stage=stage, seed=config.seed + 2, mesh=setup.mesh,
+                                   fingerprint_extra=data_fingerprint(config))
+    # Step 7: invert the private data's vectors (through the attacker's own transform).
+    z_private = np.asarray(transforms.attacker_input(adapt(source), config.attack))
+    recon = stages.reconstruct(*decoder, z_private)
+    errors = metrics.per_image_mse(recon, private.images)
+    recon_probs = stages.predict_probs(*setup.evaluator, recon)
+    results.append(({
+        'defense': name,
+        'attacker': kind,
+        'model_acc': metrics.accuracy(defended_test, splits.private_test.labels),
+        'conf_dist': metrics.confidence_distortion(received, setup.clean['attack_train']),
+        'attack_acc': metrics.accuracy(recon_probs, private.labels),
+        'recon_error': float(np.mean(errors)),
+        'label_flip_rate': metrics.label_flip_rate(defended_queries, setup.clean['attack_train']),
+        'eps_eta': metrics.eps_eta_curve(errors, config.eval.eps_grid),
+        'defend_seconds': defend_s,
+    }, recon))
+  return results
 
 
 def figure_indices(labels: np.ndarray, n: int) -> np.ndarray:
@@ -116,16 +131,19 @@ def figure_indices(labels: np.ndarray, n: int) -> np.ndarray:
   return np.asarray(picked[:n])
 
 
-def run(config, workdir: str, *, defenses_to_run=('none',), mesh=None) -> dict:
-  """The whole protocol for the listed defenses; writes results.json, results.md and the figure."""
+def run(config, workdir: str, *, defenses_to_run=('none',), attackers=None, mesh=None) -> dict:
+  """The whole protocol for the listed defenses (and adaptive attackers); writes results.json,
+  results.md and the figure of reconstructions (one row per defense and attacker)."""
   names = defenses.check_names(defenses_to_run)  # fail on a typo before any training
+  for kind in attackers or ():
+    adaptive.check(kind)
   os.makedirs(workdir, exist_ok=True)
   setup = prepare(config, workdir, mesh=mesh)
   rows, recons = [], {}
   for name in names:
-    row, recon = evaluate_defense(setup, name)
-    rows.append(row)
-    recons[name] = recon
+    for row, recon in evaluate_defense(setup, name, attackers=attackers):
+      rows.append(row)
+      recons[report.row_label(row)] = recon
   table = report.write_results(workdir, dataset=config.dataset, config=config.to_dict(), rows=rows)
   idx = figure_indices(setup.splits.private_train.labels, config.eval.num_figure_images)
   report.save_reconstructions(os.path.join(workdir, 'figures', 'reconstructions.png'),

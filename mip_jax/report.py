@@ -33,11 +33,18 @@ def markdown_table(dataset: str, rows: list[dict]) -> str:
            '| Method | Model Acc. | Conf. Dist. | Attack Acc. | Recon. Error | Label flips |',
            '|---|---|---|---|---|---|']
   for r in rows:
-    dist = '-' if r['defense'] == 'none' else f'{r["conf_dist"]:.5f}'
-    lines.append(f'| {r["defense"]} | {100 * r["model_acc"]:.2f}% | {dist} | '
+    label = row_label(r)
+    dist = '-' if label == 'none' else f'{r["conf_dist"]:.5f}'
+    lines.append(f'| {label} | {100 * r["model_acc"]:.2f}% | {dist} | '
                  f'{100 * r["attack_acc"]:.2f}% | {r["recon_error"]:.5f} | '
                  f'{100 * r["label_flip_rate"]:.2f}% |')
   return '\n'.join(lines) + '\n'
+
+
+def row_label(row: dict) -> str:
+  """'lpa', or 'lpa / softmax attacker' for an adaptive attacker's row (Table X)."""
+  kind = row.get('attacker', 'none')
+  return row['defense'] if kind == 'none' else f'{row["defense"]} / {kind} attacker'
 
 
 def save_reconstructions(path: str, ground_truth: np.ndarray, rows: dict[str, np.ndarray]) -> None:
