@@ -55,6 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.decoder.b1 = 0.5
   c.decoder.b2 = 0.999
   c.decoder.loss = 'mse'                # 'mse' or 'psnr' (Table II)
+  c.decoder.impl = 'auto'               # transposed conv: 'gemm' (fast on CPU), 'lax', 'auto' (by platform)
 
   # What the attacker feeds its decoder (Yang et al.): 'log' (log-probs, top-k truncated) or 'prob'.
   c.attack = ml_collections.ConfigDict()
@@ -77,6 +78,46 @@ def base_config() -> ml_collections.ConfigDict:
   c.lpa.distance = 'cosine'             # 'cosine' (LPA) or 'mse' (the Poi_MSE ablation)
   c.lpa.loss = 'mse'                    # defender's reconstruction loss R (Table II: 'mse'/'psnr')
 
+  # LFP (Algorithms 2, 3): poison a budget of served vectors by reversing their rank order, then
+  # fine-tune them with LPA's alignment crafting (same fields as c.lpa) around the reversed vectors.
+  c.lfp = ml_collections.ConfigDict()
+  c.lfp.budget = 0.05                   # r: fraction of the served vectors poisoned (labels flipped)
+  c.lfp.threshold = 0.9                 # thr: vectors with max(c) < thr are picked first
+  c.lfp.swap = False                    # Discussion 3: swap top-1/top-2, keep that top, reverse the rest
+  c.lfp.eps = 0.01                      # L2 radius of the fine-tuning around each reversed vector
+  c.lfp.steps = 240                     # fine-tuning rounds (0: reversal only)
+  c.lfp.tau = 0.1
+  c.lfp.milestones = (0.375, 0.625, 0.875)
+  c.lfp.restarts = 1
+  c.lfp.mode = 'aggregate'              # the poisoned gradient covers picked and clean rows (Alg. 3)
+  c.lfp.batch_size = 128
+  c.lfp.distance = 'cosine'
+  c.lfp.loss = 'mse'
+
+  # Post-processing baselines (Tables VII and the ART postprocessors); each a defenses/ module.
+  c.noise = ml_collections.ConfigDict()
+  c.noise.scale = 0.2                   # ART GaussianNoise: std of N(0, scale) added, clip >= 0, renorm
+  c.onepara = ml_collections.ConfigDict()
+  c.onepara.epsilon = 1.0               # Ye et al.: privacy budget; Laplace scale = sensitivity/epsilon
+  c.onepara.sensitivity = 1.0           # scores lie in [0, 1]
+  c.rounding = ml_collections.ConfigDict()
+  c.rounding.decimals = 3               # ART Rounded (default 3), then rows renormalised to sum 1
+  c.topk = ml_collections.ConfigDict()
+  c.topk.k = 1                          # scores kept (1 = ART ClassLabels: one-hot), renormalised
+  c.advexa = ml_collections.ConfigDict()
+  c.advexa.eps = 0.01                   # Wen et al.: Adam ascent on I_sub's error, then label modifier
+  c.advexa.steps = 100
+  c.advexa.tau = 0.1                    # Adam learning rate = tau * eps
+  c.advexa.batch_size = 256
+  c.pgd = ml_collections.ConfigDict()
+  c.pgd.eps = 0.01                      # signed steps on I_sub's error, projected every step
+  c.pgd.steps = 40
+  c.pgd.tau = 0.1                       # step = tau * eps per entry
+  c.pgd.keep_label = True               # False: simplex and eps ball only (labels may flip)
+  c.pgd.batch_size = 256
+  c.poi_mse = ml_collections.ConfigDict()
+  c.poi_mse.distance = 'mse'            # overrides of c.lpa for the Poi_MSE ablation (Table VII)
+
   # Metrics.
   c.eval = ml_collections.ConfigDict()
   c.eval.eps_grid = [0.005 * i for i in range(21)]  # epsilon values of the epsilon-eta curve
@@ -98,6 +139,10 @@ def make_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.decoder.batch_size = 32
   c.lpa.steps = 4
   c.lpa.batch_size = 32
+  c.lfp.steps = 4
+  c.lfp.batch_size = 32
+  c.advexa.steps = 4
+  c.pgd.steps = 4
   return c
 
 
