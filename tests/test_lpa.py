@@ -69,3 +69,25 @@ def test_bad_mode_and_batch_size_are_rejected():
   c.lpa.mode = 'sometimes'
   with pytest.raises(ValueError, match='per_example'):
     lpa.Crafter(model=model, variables=variables, target_grad=g_t, config=c)
+
+
+def test_lpa_launcher_on_a_facescrub_style_folder(tmp_path):
+  """The paper-scale FaceScrub config (tiny variant: same 64x64 geometry, 5 decoder blocks)."""
+  from tests.test_data import _write_faces
+  _write_faces(tmp_path / 'faces', identities=4, per_identity=6)
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  r = subprocess.run(
+      [sys.executable, '-m', 'launch.lpa', '--config=configs/facescrub.py:tiny',
+       f'--config.manual_dir={tmp_path / "faces"}', f'--config.data_dir={tmp_path / "tfds"}',
+       f'--workdir={tmp_path / "run"}'], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  import json
+  doc = json.load(open(tmp_path / 'run' / 'results.json'))
+  assert doc['dataset'] == 'facescrub'
+  assert [row['defense'] for row in doc['rows']] == ['none', 'lpa']
+  lpa_row = doc['rows'][1]
+  assert lpa_row['label_flip_rate'] == 0.0 and 0 < lpa_row['conf_dist'] <= 0.01 + 1e-6
+  assert os.listdir(tmp_path / 'run' / 'perturbations')
+  for stage in ('classifier', 'eval_classifier', 'substitute', 'attacker_none', 'attacker_lpa'):
+    assert (tmp_path / 'run' / 'checkpoints' / stage).is_dir()
