@@ -14,6 +14,10 @@ WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, resu
                               'Default: runs/<dataset>.')
 
 
+SEEDS = flags.DEFINE_list('seeds', None, 'Run once per seed (in <workdir>/seed_<s>) and write the '
+                          'mean and std over seeds, e.g. --seeds=0,1,2. Default: config.seed only.')
+
+
 def workdir_for(config) -> str:
   return WORKDIR.value or os.path.join('runs', config.dataset)
 
@@ -29,7 +33,11 @@ def run_protocol(defenses, attackers=None) -> None:
   config = CONFIG.value
   workdir = workdir_for(config)
   try:
-    result = experiment.run(config, workdir, defenses_to_run=defenses, attackers=attackers)
+    if SEEDS.value:
+      result = experiment.run_seeds(config, workdir, SEEDS.value, defenses_to_run=defenses,
+                                    attackers=attackers)
+    else:
+      result = experiment.run(config, workdir, defenses_to_run=defenses, attackers=attackers)
   except DatasetNotFoundError as e:
     sys.exit(f'error: {e}')
   print(result['table'])

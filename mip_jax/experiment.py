@@ -150,3 +150,22 @@ def run(config, workdir: str, *, defenses_to_run=('none',), attackers=None, mesh
                               setup.splits.private_train.images[idx],
                               {name: r[idx] for name, r in recons.items()})
   return {'dataset': config.dataset, 'rows': rows, 'table': table}
+
+
+def run_seeds(config, workdir: str, seeds, **kwargs) -> dict:
+  """`run` once per seed in `<workdir>/seed_<s>`, then the mean (and std) table in `workdir`.
+
+  The paper's tables report means over runs; every stage (classifier included) is retrained per
+  seed, so the spread covers the whole protocol.
+  """
+  seeds = [int(s) for s in seeds]
+  per_seed = []
+  for seed in seeds:
+    c = config.copy_and_resolve_references()
+    c.seed = seed
+    per_seed.append(run(c, os.path.join(workdir, f'seed_{seed}'), **kwargs))
+  rows = report.mean_rows([r['rows'] for r in per_seed])
+  table = report.write_results(workdir, dataset=config.dataset, config=config.to_dict(), rows=rows,
+                               extra={'seeds': seeds})
+  return {'dataset': config.dataset, 'rows': rows, 'table': table, 'per_seed': per_seed}
+

@@ -13,14 +13,18 @@ ROW_FIELDS = ('defense', 'model_acc', 'conf_dist', 'attack_acc', 'recon_error', 
               'eps_eta')
 
 
-def write_results(workdir: str, *, dataset: str, config: dict, rows: list[dict]) -> str:
+METRICS = ('model_acc', 'conf_dist', 'attack_acc', 'recon_error', 'label_flip_rate')
+
+
+def write_results(workdir: str, *, dataset: str, config: dict, rows: list[dict],
+                  extra: dict | None = None) -> str:
   """Writes results.json and results.md; returns the markdown table."""
   for row in rows:
     missing = [f for f in ROW_FIELDS if f not in row]
     if missing:
       raise ValueError(f'result row {row.get("defense")!r} lacks {missing}')
   os.makedirs(workdir, exist_ok=True)
-  doc = {'dataset': dataset, 'config': config, 'rows': rows}
+  doc = {'dataset': dataset, 'config': config, **(extra or {}), 'rows': rows}
   _atomic_write(os.path.join(workdir, 'results.json'), json.dumps(doc, indent=2, default=float))
   table = markdown_table(dataset, rows)
   _atomic_write(os.path.join(workdir, 'results.md'), table)
@@ -34,11 +38,34 @@ def markdown_table(dataset: str, rows: list[dict]) -> str:
            '|---|---|---|---|---|---|']
   for r in rows:
     label = row_label(r)
-    dist = '-' if label == 'none' else f'{r["conf_dist"]:.5f}'
-    lines.append(f'| {label} | {100 * r["model_acc"]:.2f}% | {dist} | '
-                 f'{100 * r["attack_acc"]:.2f}% | {r["recon_error"]:.5f} | '
-                 f'{100 * r["label_flip_rate"]:.2f}% |')
+    pct = lambda k: f'{100 * r[k]:.2f}%' + (f' ± {100 * r[k + "_std"]:.2f}' if k + '_std' in r else '')
+    num = lambda k: f'{r[k]:.5f}' + (f' ± {r[k + "_std"]:.5f}' if k + '_std' in r else '')
+    dist = '-' if label == 'none' else num('conf_dist')
+    lines.append(f'| {label} | {pct("model_acc")} | {dist} | {pct("attack_acc")} | '
+                 f'{num("recon_error")} | {pct("label_flip_rate")} |')
+  if any('model_acc_std' in r for r in rows):
+    lines += ['', 'Mean ± standard deviation over seeds.']
   return '\n'.join(lines) + '\n'
+
+
+def mean_rows(runs: list[list[dict]]) -> list[dict]:
+  """Averages rows of several runs (same defenses and attackers in the same order) field by field.
+
+  Each metric gets its mean and a `<metric>_std`; the epsilon-eta curves are averaged pointwise.
+  """
+  labels = [[row_label(r) for r in rows] for rows in runs]
+  if any(l != labels[0] for l in labels):
+    raise ValueError(f'runs differ in their rows: {labels}')
+  out = []
+  for group in zip(*runs):
+    row = {'defense': group[0]['defense'], 'attacker': group[0].get('attacker', 'none')}
+    for k in METRICS + ('defend_seconds',):
+      values = np.asarray([r[k] for r in group], np.float64)
+      row[k], row[k + '_std'] = float(values.mean()), float(values.std())
+    curves = np.asarray([r['eps_eta'] for r in group], np.float64)
+    row['eps_eta'] = curves.mean(axis=0).tolist()
+    out.append(row)
+  return out
 
 
 def row_label(row: dict) -> str:

@@ -91,3 +91,32 @@ def test_unknown_dataset_and_wrong_image_shape_fail_clearly(tiny_config, tmp_pat
   tiny_config.image_size = 20
   with pytest.raises(ValueError, match='image_size'):
     experiment.prepare(tiny_config, str(tmp_path))
+
+
+def _row(defense, acc, err):
+  return {'defense': defense, 'attacker': 'none', 'model_acc': 1.0, 'conf_dist': 0.0,
+          'attack_acc': acc, 'recon_error': err, 'label_flip_rate': 0.0, 'defend_seconds': 1.0,
+          'eps_eta': [[0.0, 1.0], [0.1, err]]}
+
+
+def test_mean_rows_averages_fields_and_curves():
+  from mip_jax import report
+  rows = report.mean_rows([[_row('none', 0.8, 0.2)], [_row('none', 0.6, 0.4)]])
+  (r,) = rows
+  assert r['attack_acc'] == pytest.approx(0.7) and r['attack_acc_std'] == pytest.approx(0.1)
+  assert r['eps_eta'] == [[0.0, 1.0], [0.1, pytest.approx(0.3)]]
+  assert '70.00% ± 10.00' in report.markdown_table('digits', rows)
+  with pytest.raises(ValueError, match='differ'):
+    report.mean_rows([[_row('none', 0.8, 0.2)], [_row('lpa', 0.6, 0.4)]])
+
+
+def test_run_seeds_writes_per_seed_runs_and_their_mean(tiny_config, tmp_path):
+  result = experiment.run_seeds(tiny_config, str(tmp_path), [0, 1])
+  doc = json.load(open(tmp_path / 'results.json'))
+  assert doc['seeds'] == [0, 1]
+  per_seed = [json.load(open(tmp_path / f'seed_{s}' / 'results.json')) for s in (0, 1)]
+  assert [d['config']['seed'] for d in per_seed] == [0, 1]
+  errs = [d['rows'][0]['recon_error'] for d in per_seed]
+  assert errs[0] != errs[1]  # the seed reaches every stage
+  assert doc['rows'][0]['recon_error'] == pytest.approx(np.mean(errs))
+  assert result['rows'][0]['recon_error_std'] == pytest.approx(np.std(errs))
