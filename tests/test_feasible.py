@@ -84,3 +84,12 @@ def test_gradient_is_finite():
   c = jax.nn.softmax(jnp.arange(10.0).reshape(2, 5), -1)
   g = jax.grad(lambda d: jnp.sum(feasible.project(c, c + d, 0.05) ** 2))(jnp.full((2, 5), 0.01))
   assert np.all(np.isfinite(g)) and np.abs(g).max() > 0
+
+
+def test_gradient_is_finite_where_the_candidate_maps_back_onto_c():
+  """A one-hot row clips back onto itself: ||q - c|| = 0 there, its gradient must not be NaN."""
+  c = jnp.array([[1.0, 0.0, 0.0], [0.6, 0.3, 0.1]])
+  d = jnp.array([[0.01, -0.01, -0.01], [0.01, -0.02, 0.01]])  # row 0 clips to c exactly
+  g = jax.grad(lambda d: jnp.sum(feasible.project(c, c + d, 0.05) ** 2))(d)
+  assert np.all(np.isfinite(g))
+

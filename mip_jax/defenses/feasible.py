@@ -54,7 +54,10 @@ def _step_bound(c: jnp.ndarray, q: jnp.ndarray, eps) -> jnp.ndarray:
   t_j = jnp.where(shrink > 0, gap_c / safe, jnp.inf)
   t_j = jnp.where(before & (shrink > 0), t_j * (1 - _SLACK), t_j)
   t_label = jnp.min(jnp.where(idx == k[..., None], jnp.inf, t_j), -1)
-  dist = jnp.linalg.norm(q - c, axis=-1)
+  # Double-where norm: the gradient of ||q - c|| at q = c is 0/0, and a plain `where` would still
+  # let that NaN into the gradient of every row (near-one-hot rows hit it).
+  sq = jnp.sum(jnp.square(q - c), axis=-1)
+  dist = jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
   t_ball = jnp.where(dist > 0, eps * (1 - _SLACK) / jnp.where(dist > 0, dist, 1.0), jnp.inf)
   return jnp.clip(jnp.minimum(t_label, t_ball), 0.0, 1.0)
 

@@ -6,16 +6,13 @@
 import sys
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-jax.config.update('jax_enable_x64', True)  # sign(grad) must not flip on last-bit reduction noise
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import digits  # noqa: E402
-from mip_jax import parallel  # noqa: E402
-from mip_jax.defenses import lpa  # noqa: E402
-from mip_jax.models import make_decoder  # noqa: E402
+from configs import digits
+from mip_jax import parallel
+from mip_jax.defenses import lpa
+from mip_jax.models import make_decoder
 
 
 def problem(mode: str):
@@ -45,4 +42,7 @@ def main(out: str, mode: str):
 
 
 if __name__ == '__main__':
+  # float64 only in this process: sign(grad) must not flip on last-bit reduction-order noise. (At
+  # import time this would switch x64 on for a whole pytest session.)
+  jax.config.update('jax_enable_x64', True)
   main(*sys.argv[1:])
