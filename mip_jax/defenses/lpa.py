@@ -71,13 +71,16 @@ def delta_optimizer(cfg) -> optax.GradientTransformation:
   return optax.chain(optax.scale_by_sign(), optax.adam(schedule))
 
 
-def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: jax.Array, *,
-                params: Any, target_grad: Any, loss_fn, cfg) -> tuple[jnp.ndarray, jnp.ndarray]:
+def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: jax.Array,
+                radius: jnp.ndarray | None = None, *, params: Any, target_grad: Any, loss_fn,
+                cfg) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Crafts defended vectors for one batch of queries (pure; jit it with `cfg` and `loss_fn` static).
 
   Args:
     c: clean vectors [B, m]; images: the queried images [B, H, W, C]; weights: 1 for real rows, 0 for
-      padding rows [B]; key: init randomness; params: substitute decoder params; target_grad: g_t.
+      padding rows [B]; key: init randomness; radius: optional per-row L2 radius [B] (default
+      cfg.eps for every row); a row of radius 0 stays exactly at c but still enters the poisoned
+      gradient (LFP's clean rows D_c); params: substitute decoder params; target_grad: g_t.
     loss_fn: `decoder_loss_fn(...)`; cfg: config.lpa (eps, steps, tau, milestones, restarts, mode,
       distance).
 
@@ -85,7 +88,7 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
     (defended vectors [B, m], per-row alignment loss of the returned vectors [B]; in aggregate mode
     every row carries the batch loss).
   """
-  eps = cfg.eps
+  eps = cfg.eps if radius is None else radius
   opt = delta_optimizer(cfg)
   per_example = cfg.mode == 'per_example'
   objective = functools.partial(
@@ -104,13 +107,16 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
 
   def one_restart(key):
     # Random per-vector start inside the feasible set (the paper: unique init per vector).
-    delta = jax.random.uniform(key, c.shape, c.dtype, -eps, eps)
+    lim = eps if radius is None else radius[:, None]
+    delta = jax.random.uniform(key, c.shape, c.dtype, -lim, lim)
     delta = feasible.project(c, c + delta, eps) - c
     state = opt.init(delta)
 
     def body(_, carry):
       delta, state = carry
       g = jax.grad(lambda d: objective(feasible.project(c, c + d, eps)))(delta)
+      if radius is not None:  # frozen rows: their (0/0 at delta = 0) gradient is dropped
+        g = jnp.where(radius[:, None] > 0, g, 0.0)
       updates, state = opt.update(g, state, delta)
       delta = feasible.project(c, c + optax.apply_updates(delta, updates), eps) - c
       return delta, state
@@ -135,23 +141,28 @@ class Crafter:
     params / batch_stats: the substitute decoder's variables; model: its Flax module.
     target_grad: g_t; config: the run config (uses config.lpa and config.attack).
     mesh: 'data' mesh; the crafting batch is split over it.
+    section: the crafting settings when not config.lpa (LFP's config.lfp); same fields.
   """
 
-  def __init__(self, *, model, variables, target_grad, config, mesh=None):
-    self.cfg = config.lpa
+  def __init__(self, *, model, variables, target_grad, config, mesh=None, section=None):
+    self.cfg = config.lpa if section is None else section
     self.mesh = mesh or parallel.data_mesh()
     if self.cfg.mode not in ('aggregate', 'per_example'):
       raise ValueError(f"lpa.mode must be 'aggregate' or 'per_example', got {self.cfg.mode!r}")
     if self.cfg.batch_size % self.mesh.devices.size:
       raise ValueError(f'lpa.batch_size={self.cfg.batch_size} must be a multiple of the '
                        f'{self.mesh.devices.size} devices')
-    loss_fn = decoder_loss_fn(model, variables['batch_stats'], config.attack, config.lpa.loss)
+    loss_fn = decoder_loss_fn(model, variables['batch_stats'], config.attack, self.cfg.loss)
     self.params = parallel.replicate(variables['params'], self.mesh)
     self.target_grad = parallel.replicate(target_grad, self.mesh)
     self.craft_fn = jax.jit(functools.partial(craft_batch, loss_fn=loss_fn, cfg=self.cfg))
 
-  def __call__(self, probs: np.ndarray, images: np.ndarray, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Defended vectors and per-row alignment losses for `probs` (clean) of `images`."""
+  def __call__(self, probs: np.ndarray, images: np.ndarray, *, seed: int,
+               radius: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Defended vectors and per-row alignment losses for `probs` (clean) of `images`.
+
+    `radius` (optional, [N]): per-row L2 radius instead of cfg.eps; rows of radius 0 stay as given.
+    """
     b = self.cfg.batch_size
     out, losses = [], []
     for start in range(0, len(probs), b):
@@ -161,9 +172,13 @@ class Crafter:
       w = np.concatenate([np.ones(n), np.zeros(pad)]).astype(c.dtype)
       c = np.concatenate([c, np.repeat(c[:1], pad, 0)])
       x = np.concatenate([x, np.repeat(x[:1], pad, 0)]).astype(c.dtype)
-      batch = parallel.shard_batch((c, x, w), self.mesh)
+      arrays = (c, x, w)
+      if radius is not None:
+        arrays += (np.concatenate([radius[start:start + b], np.zeros(pad)]).astype(c.dtype),)
+      batch = parallel.shard_batch(arrays, self.mesh)
       key = jax.random.fold_in(jax.random.key(seed), start // b)
-      defended, loss = self.craft_fn(*batch, key, params=self.params, target_grad=self.target_grad)
+      defended, loss = self.craft_fn(*batch[:3], key, *batch[3:], params=self.params,
+                                     target_grad=self.target_grad)
       out.append(np.asarray(defended)[:n])
       losses.append(np.asarray(loss)[:n])
     return np.concatenate(out), np.concatenate(losses)

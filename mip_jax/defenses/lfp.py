@@ -1,0 +1,150 @@
+"""LFP: label-flipping poisoning of a budget of the served vectors (the paper's Algorithms 2 and 3).
+
+  1. Pick (Algorithm 2): a budget of floor(r * N) of the N vectors served in one call, spread evenly
+     over the predicted classes; low-confidence vectors (max(c) < thr) first, in a seeded random
+     order, then topped up from the confident ones, the classes with the fewest picks first.
+  2. Reverse (Algorithm 3, line 5): each picked vector's values are permuted so that their rank
+     order is reversed (the largest entry takes the smallest value, ...): the label becomes the
+     least likely class. With `swap` (Discussion 3) the top-1 and top-2 entries are swapped first,
+     the new top (the 2nd class, often the right one for a low-confidence vector) is kept and the
+     other entries are reversed: the label becomes the 2nd class instead.
+  3. Fine-tune (lines 4-11): LPA's crafting (`lpa.Crafter`, signed Adam on the gradient-alignment
+     loss) moves each reversed vector within eps of itself, keeping its new argmax. The poisoned
+     gradient covers the whole crafting batch, picked and clean rows (PU_delta D_p + D_c); the clean
+     rows are frozen (radius 0) and are served unchanged.
+
+`apply` is called for the attacker's queries and for the private test vectors alike: it poisons the
+budget among whatever batch it is given (deterministic given config.seed), so model accuracy drops
+by about r (less with `swap`), as in the paper's Table I.
+"""
+
+import os
+
+import numpy as np
+from absl import logging
+
+from mip_jax import checkpoints
+from mip_jax.defenses import lpa
+
+
+# ---------------------------------------------------------------- Algorithm 2: picking
+
+def pick(probs: np.ndarray, *, budget: float, threshold: float, seed: int) -> np.ndarray:
+  """Boolean mask [N] of the floor(budget * N) vectors to poison (Algorithm 2).
+
+  Args:
+    probs: served (clean) vectors [N, m].
+    budget: r, the fraction to poison, in [0, 1].
+    threshold: thr; vectors with max(c) < thr are picked before any other.
+    seed: orders the vectors inside each (class, confidence group) at random.
+
+  Returns:
+    The mask; picks are spread over the predicted classes as evenly as their sizes allow.
+  """
+  probs = np.asarray(probs)
+  n = len(probs)
+  quota = int(np.floor(budget * n + 1e-9))
+  labels, low = np.argmax(probs, 1), np.max(probs, 1) < threshold
+  shuffle = np.random.default_rng(seed).random(n)
+  # Each row's turn: its position in its class's queue (low-confidence rows first, shuffled). Rows
+  # taken by (group, turn, class) give a round-robin over classes; confident rows continue their
+  # class's count, so the top-up goes first to the classes that got the fewest low-confidence picks.
+  turn = np.zeros(n, np.int64)
+  for k in np.unique(labels):
+    unsure = np.flatnonzero((labels == k) & low)
+    sure = np.flatnonzero((labels == k) & ~low)
+    turn[unsure[np.argsort(shuffle[unsure], kind='stable')]] = np.arange(len(unsure))
+    turn[sure[np.argsort(shuffle[sure], kind='stable')]] = len(unsure) + np.arange(len(sure))
+  order = np.lexsort((labels, turn, ~low))  # last key is the primary one
+  mask = np.zeros(n, bool)
+  mask[order[:quota]] = True
+  return mask
+
+
+# ---------------------------------------------------------------- Algorithm 3: reversal
+
+def reverse(probs: np.ndarray) -> np.ndarray:
+  """Reverses each row's rank order: a permutation of its values, largest entry <-> smallest.
+
+  Ties keep argmax's convention (the first index counts as larger), so a row with distinct values
+  always changes label, and its argmax becomes its former argmin.
+  """
+  probs = np.asarray(probs)
+  order = np.argsort(-probs, axis=1, kind='stable')            # positions, largest value first
+  values = np.take_along_axis(probs, order, 1)
+  out = np.empty_like(probs)
+  np.put_along_axis(out, order, values[:, ::-1], 1)
+  return out
+
+
+def swap_reverse(probs: np.ndarray) -> np.ndarray:
+  """Discussion 3: swap the top-1 and top-2 entries, keep that top fixed, reverse the others.
+
+  The label becomes the 2nd most likely class; the remaining positions (the old top first) take the
+  remaining values in reversed rank order. With two classes this equals `reverse`.
+  """
+  probs = np.asarray(probs)
+  order = np.argsort(-probs, axis=1, kind='stable')
+  values = np.take_along_axis(probs, order, 1)
+  out = np.empty_like(probs)
+  np.put_along_axis(out, order[:, 1:2], values[:, :1], 1)      # top value -> 2nd class
+  rest = np.concatenate([order[:, :1], order[:, 2:]], 1)        # old top, 3rd, ..., last
+  np.put_along_axis(out, rest, values[:, 1:][:, ::-1], 1)       # their values, reversed
+  return out
+
+
+# ---------------------------------------------------------------- the defense protocol
+
+def check_config(cfg) -> None:
+  """Raises ValueError for settings LFP cannot run with."""
+  if not 0.0 <= cfg.budget <= 1.0:
+    raise ValueError(f'lfp.budget is the fraction of vectors to poison, in [0, 1]; '
+                     f'got {cfg.budget}')
+  if not 0.0 <= cfg.threshold <= 1.0:
+    raise ValueError(f'lfp.threshold is a confidence in [0, 1]; got {cfg.threshold}')
+  if cfg.eps < 0 or cfg.steps < 0:
+    raise ValueError(f'lfp.eps and lfp.steps must be >= 0; got {cfg.eps} and {cfg.steps}')
+
+
+def fit(setup) -> dict:
+  """Substitute decoder, target gradient and crafter (skipped when no fine-tuning is asked for)."""
+  config = setup.config
+  cfg = config.lfp
+  check_config(cfg)
+  state = {'cfg': cfg, 'seed': config.seed, 'workdir': setup.workdir, 'crafter': None,
+           'tag': checkpoints.fingerprint([cfg.to_dict(), config.seed])}
+  if cfg.steps > 0 and cfg.eps > 0 and cfg.budget > 0:
+    model, variables = lpa.train_substitute(setup)
+    loss_fn = lpa.decoder_loss_fn(model, variables['batch_stats'], config.attack, cfg.loss)
+    g_t = lpa.target_gradient(loss_fn, variables['params'], setup.clean['private_train'],
+                              setup.splits.private_train.images)
+    state['crafter'] = lpa.Crafter(model=model, variables=variables, target_grad=g_t,
+                                   config=config, mesh=setup.mesh, section=cfg)
+  return state
+
+
+def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:
+  """LFP vectors: a budget of `probs` reversed (and fine-tuned), the rest unchanged; cached."""
+  cfg = state['cfg']
+  probs = np.asarray(probs, np.float32)
+  mask = pick(probs, budget=cfg.budget, threshold=cfg.threshold, seed=state['seed'])
+  centre = probs.copy()
+  centre[mask] = (swap_reverse if cfg.swap else reverse)(probs[mask])
+  if state['crafter'] is None or not mask.any():
+    return centre
+  if images is None:
+    raise ValueError('LFP fine-tuning needs the queried images (set lfp.steps=0 to only reverse)')
+  key = f'lfp_{state["tag"]}_{checkpoints.array_fingerprint(probs)}'
+  path = os.path.join(state['workdir'], 'perturbations', key + '.npz')
+  if os.path.exists(path):
+    with np.load(path) as f:
+      return f['defended']
+  radius = np.where(mask, cfg.eps, 0.0).astype(np.float32)
+  defended, losses = state['crafter'](centre, images, seed=state['seed'], radius=radius)
+  logging.info('LFP poisoned %d of %d vectors: mean alignment loss %.4f', int(mask.sum()),
+               len(probs), float(np.mean(losses[mask])))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, defended=defended, reversed=centre, clean=probs, picked=mask, alignment_loss=losses)
+  os.replace(tmp, path)
+  return defended

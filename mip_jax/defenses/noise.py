@@ -1,0 +1,38 @@
+"""Gaussian noise on the served vectors, as ART's `GaussianNoise` postprocessor (Nicolae et al.).
+
+ART adds N(0, scale^2) noise to every entry, sets negative entries to 0 and divides each row by its
+sum (probability outputs). The same here, with ART's default scale 0.2 (config.noise.scale). Like
+ART's, the defense is not label preserving: noise larger than a vector's top-2 margin moves its
+argmax. A row whose entries all fall below 0 (ART would divide by 0) becomes uniform.
+Noise is drawn from a generator seeded by config.seed and the vectors themselves: deterministic,
+and a different batch of vectors gets different noise.
+"""
+
+import numpy as np
+
+from mip_jax import checkpoints
+
+
+def fit(setup) -> dict:
+  """Checks config.noise; nothing is trained."""
+  scale = setup.config.noise.scale
+  if not scale > 0:
+    raise ValueError(f'noise.scale is the standard deviation of the noise and must be > 0; '
+                     f'got {scale}')
+  return {'scale': float(scale), 'seed': setup.config.seed}
+
+
+def gaussian_noise(probs: np.ndarray, *, scale: float, rng: np.random.Generator) -> np.ndarray:
+  """ART's GaussianNoise on probability vectors [N, m]: add noise, clip at 0, renormalise rows."""
+  noisy = np.clip(probs + rng.normal(0.0, scale, probs.shape), 0.0, None)
+  sums = noisy.sum(1, keepdims=True)
+  uniform = np.full_like(noisy, 1.0 / probs.shape[1])
+  return np.where(sums > 0, noisy / np.where(sums > 0, sums, 1.0), uniform).astype(np.float32)
+
+
+def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:
+  """Noisy vectors for `probs`; the same inputs and seed give the same output."""
+  del images
+  probs = np.asarray(probs, np.float32)
+  rng = np.random.default_rng([state['seed'], int(checkpoints.array_fingerprint(probs), 16)])
+  return gaussian_noise(probs, scale=state['scale'], rng=rng)

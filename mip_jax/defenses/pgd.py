@@ -1,0 +1,35 @@
+"""PGD on the substitute's reconstruction loss: the naive adversarial baseline of Table VII.
+
+Signed gradient steps of size tau * eps per entry ascend the substitute decoder's MSE of the queried
+images from their own vectors (Madry et al.'s PGD, zero start), projected after every step: onto
+{label kept, probability vector, ||p - c|| <= eps} with `feasible.project` (pgd.keep_label,
+default), or onto {probability vector, ||p - c|| <= eps} only (keep_label=False: labels may flip, as
+the paper's PGD row, whose model accuracy drops, suggests). Deterministic.
+"""
+
+import functools
+
+import numpy as np
+import optax
+
+from mip_jax.defenses import adversarial, feasible
+
+
+def fit(setup) -> adversarial.Ascender:
+  """Trains (or loads) the substitute and builds the compiled ascent."""
+  cfg = setup.config.pgd
+  adversarial.check_section('pgd', cfg)
+  eps = float(cfg.eps)
+  project = functools.partial(feasible.project if cfg.keep_label else adversarial.project_ball,
+                              eps=eps)
+  signed = optax.chain(optax.scale_by_sign(), optax.scale(-cfg.tau * eps))
+  identity = lambda c, p: p
+  return adversarial.Ascender(setup, opt=signed, steps=int(cfg.steps), project=project,
+                              final=identity, batch_size=cfg.batch_size)
+
+
+def apply(state: adversarial.Ascender, probs, *, images=None):
+  """PGD vectors within eps of the clean ones (labels kept unless pgd.keep_label is False)."""
+  if images is None:
+    raise ValueError('PGD needs the queried images: it maximises their reconstruction error')
+  return state(np.asarray(probs, np.float32), images)
