@@ -18,4 +18,7 @@ def get_config(arg: str = ''):
   c.decoder.width = 64                       # 4 blocks: 256-128-64-3, 32x32
   c.decoder.blocks = 4
   c.decoder.epochs = 100
+  c.mid.beta = 0.001                         # the paper's MID-0.001 row for CIFAR-10
+  c.bido.coco_lambda_x, c.bido.coco_lambda_y = 0.1, 5.0   # BiDO's published CIFAR-10 weights
+  c.bido.hsic_lambda_x, c.bido.hsic_lambda_y = 0.1, 1.0
   return common.variant(c, arg)

@@ -88,7 +88,11 @@ def evaluate_defense(setup: Setup, name: str, *, attackers=None) -> list[tuple[d
   # Step 7's source: the private data's clean (Definition 2) or defended vectors.
   private = splits.private_train
   source = setup.clean['private_train']
-  if config.attack.reconstruct_from == 'defended':
+  if getattr(module, 'REPLACES_CLASSIFIER', False):
+    # A retrained classifier (MID, BiDO) is the deployed model: its own outputs are the "clean"
+    # vectors an attacker inverts; the undefended classifier's would be vectors it never serves.
+    source = module.apply(state, source, images=private.images)
+  elif config.attack.reconstruct_from == 'defended':
     source = module.apply(state, source, images=private.images)
   elif config.attack.reconstruct_from != 'clean':
     raise ValueError(f"attack.reconstruct_from must be 'clean' or 'defended', "

@@ -44,16 +44,24 @@ def classifier_step(state: train.TrainState, batch: tuple, rng: jax.Array, *, mo
 
 
 def train_classifier(section, images: np.ndarray, labels: np.ndarray, num_classes: int, *,
-                     workdir: str, stage: str, seed: int, mesh=None, fingerprint_extra: Any = None):
-  """Trains (or loads) a classifier stage. `section` is config.classifier or config.eval_classifier."""
-  model = make_classifier(section, num_classes)
+                     workdir: str, stage: str, seed: int, mesh=None, fingerprint_extra: Any = None,
+                     model=None, step=None):
+  """Trains (or loads) a classifier stage. `section` is config.classifier or config.eval_classifier.
+
+  Retrained defenses (MID, BiDO) pass their own `model` (default: `make_classifier(section, m)`) and
+  `step` (default: `classifier_step`; called as `step(state, batch, rng, model=model)`); the loss
+  settings such a step closes over belong in `fingerprint_extra`.
+  """
+  if model is None:
+    model = make_classifier(section, num_classes)
   variables = model.init(jax.random.key(seed), images[:1], train=False)
   tx = optax.adam(section.learning_rate)
   state = train.TrainState.create(variables=variables, tx=tx)
   ckpt = checkpoints.StageCheckpoint(
       workdir, stage, checkpoints.fingerprint([section.to_dict(), seed, fingerprint_extra,
                                           checkpoints.array_fingerprint(labels)]))
-  step = lambda s, b, r: classifier_step(s, b, r, model=model)
+  step_fn = step or classifier_step
+  step = lambda s, b, r: step_fn(s, b, r, model=model)
   state = train.fit(state, step, (images, labels), epochs=section.epochs,
                     batch_size=section.batch_size, seed=seed, checkpoint=ckpt, mesh=mesh, desc=stage)
   ckpt.close()
