@@ -141,3 +141,75 @@ def run(config, *, repeats: int = 10, mesh=None) -> dict:
       'repeats': repeats,
       'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
   }
+
+
+# ---------------------------------------------------------------- serving latency (Tables VIII, IX)
+
+def serving_latency(config, *, batch_sizes=(1, 256), repeats: int = 10,
+                    lpa_repeats: int = 2) -> dict:
+  """Per-sample latency (ms) of plain inference, LPA online crafting and the VAE generator.
+
+  Each is one jitted call on one device at batch size b, compiled and warmed up at that shape, the
+  median of `repeats` (`lpa_repeats` for LPA: one call runs config.lpa.steps second-order rounds)
+  divided by b. Weights are random (latency does not depend on training):
+    infer: the target classifier's forward pass + softmax on b images (Table VIII 'Inference');
+    lpa_online: crafting b vectors in per-example mode, config.lpa.steps rounds x restarts (the
+      defense's own work, Table VIII 'Poisoning' / Table IX 'Opti.');
+    vae: the generator's forward pass + the feasible-set map on b vectors (Table IX 'VAE').
+
+  Returns:
+    {'infer_ms_per_sample': {'1': ms, '256': ms}, 'lpa_online_ms_per_sample': {...},
+     'vae_ms_per_sample': {...}, 'vae_speedup_vs_lpa_online': {...}, ...}: dicts keyed by the
+    batch size as a string.
+  """
+  from mip_jax.defenses import vae
+  from mip_jax.models import make_classifier
+  from mip_jax.models import vae as vae_model
+  mesh = parallel.data_mesh(1)
+  m = len(config.private_classes) if config.dataset != 'facescrub' else 100
+  shape = (config.image_size, config.image_size, config.channels)
+  rng = np.random.default_rng(0)
+  key = jax.random.key(0)
+
+  classifier = make_classifier(config.classifier, m)
+  cls_vars = jax.device_put(classifier.init(key, np.zeros((1, *shape), np.float32), train=False))
+  infer = jax.jit(lambda v, x: jax.nn.softmax(classifier.apply(v, x, train=False), axis=-1))
+
+  lpa_cfg = config.copy_and_resolve_references()
+  with lpa_cfg.unlocked():
+    lpa_cfg.lpa.mode = 'per_example'
+  decoder = make_decoder(config, m)
+  dec_vars = decoder.init(key, np.full((1, m), 1.0 / m, np.float32), train=False)
+  loss_fn = lpa.decoder_loss_fn(decoder, dec_vars['batch_stats'], config.attack, config.lpa.loss)
+  calib = rng.uniform(size=(8, *shape)).astype(np.float32)
+  g_t = lpa.target_gradient(loss_fn, dec_vars['params'],
+                            np.asarray(jax.nn.softmax(rng.normal(size=(8, m)) * 5, -1), np.float32),
+                            calib)
+  crafter = lpa.Crafter(model=decoder, variables=dec_vars, target_grad=g_t, config=lpa_cfg,
+                        mesh=mesh)
+
+  generator = vae.make_generator(config.vae, m)
+  flat = np.full((1, m), 1.0 / m, np.float32)
+  gen_params = jax.device_put(generator.init(key, flat, flat, sample=False)['params'])
+  gen = jax.jit(lambda p, c: vae_model.defended_vectors(generator, p, c, config.vae.eps,
+                                                        key)['defended'])
+
+  out = {'infer_ms_per_sample': {}, 'lpa_online_ms_per_sample': {}, 'vae_ms_per_sample': {},
+         'vae_speedup_vs_lpa_online': {}}
+  for b in batch_sizes:
+    images = jax.device_put(rng.uniform(size=(b, *shape)).astype(np.float32))
+    probs = jax.device_put(np.asarray(jax.nn.softmax(rng.normal(size=(b, m)) * 5, -1), np.float32))
+    weights = jax.device_put(np.ones(b, np.float32))
+    k = str(b)
+    out['infer_ms_per_sample'][k] = _median_ms(infer, cls_vars, images, repeats=repeats) / b
+    craft = lambda c, x, w: crafter.craft_fn(c, x, w, key, params=crafter.params,
+                                             target_grad=crafter.target_grad)[0]
+    out['lpa_online_ms_per_sample'][k] = _median_ms(craft, probs, images, weights,
+                                                    repeats=lpa_repeats, warmup=1) / b
+    out['vae_ms_per_sample'][k] = _median_ms(gen, gen_params, probs, repeats=repeats) / b
+    out['vae_speedup_vs_lpa_online'][k] = (out['lpa_online_ms_per_sample'][k]
+                                           / out['vae_ms_per_sample'][k])
+  out.update(latency_batch_sizes=list(batch_sizes), latency_devices=1,
+             lpa_online_steps=config.lpa.steps, lpa_online_restarts=config.lpa.restarts,
+             vae_params=int(sum(p.size for p in jax.tree.leaves(gen_params))))
+  return out

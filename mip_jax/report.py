@@ -27,6 +27,7 @@ def write_results(workdir: str, *, dataset: str, config: dict, rows: list[dict],
   doc = {'dataset': dataset, 'config': config, **(extra or {}), 'rows': rows}
   _atomic_write(os.path.join(workdir, 'results.json'), json.dumps(doc, indent=2, default=float))
   table = markdown_table(dataset, rows)
+  table += table_ix_section(workdir, rows)
   _atomic_write(os.path.join(workdir, 'results.md'), table)
   return table
 
@@ -100,3 +101,72 @@ def _atomic_write(path: str, text: str) -> None:
   with open(tmp, 'w') as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- Table IX (VAE vs optimised LPA)
+
+LATENCY_FILE = 'latency.json'  # per-sample serving latency written by `launch.benchmark --workdir`
+
+
+def write_latency(workdir: str, latency: dict) -> None:
+  """Saves `benchmarking.serving_latency` figures in the workdir; refreshes results.md if present."""
+  os.makedirs(workdir, exist_ok=True)
+  _atomic_write(os.path.join(workdir, LATENCY_FILE), json.dumps(latency, indent=2))
+  results = os.path.join(workdir, 'results.json')
+  if os.path.exists(results):
+    with open(results) as f:
+      doc = json.load(f)
+    extra = {k: v for k, v in doc.items() if k not in ('dataset', 'config', 'rows')}
+    write_results(workdir, dataset=doc['dataset'], config=doc['config'], rows=doc['rows'],
+                  extra=extra)
+
+
+def table_ix_section(workdir: str, rows: list[dict]) -> str:
+  """The Table IX block of results.md ('' unless both an `lpa` and a `vae` row are present)."""
+  path = os.path.join(workdir, LATENCY_FILE)
+  latency = None
+  if os.path.exists(path):
+    with open(path) as f:
+      latency = json.load(f)
+  return table_ix(rows, latency)
+
+
+def table_ix(rows: list[dict], latency: dict | None = None) -> str:
+  """The paper's Table IX layout: No-def. / Opti. (LPA) / VAE, utility, privacy, time per sample.
+
+  Args:
+    rows: result rows (attacker 'none' rows of defenses 'none', 'lpa' and 'vae' are used).
+    latency: `benchmarking.serving_latency` output, or None (time columns then show '-').
+
+  Returns:
+    Markdown (starting with a blank line), or '' when the rows lack `lpa` or `vae`.
+  """
+  by_name = {r['defense']: r for r in rows if r.get('attacker', 'none') == 'none'}
+  if 'lpa' not in by_name or 'vae' not in by_name:
+    return ''
+  sizes = [str(b) for b in (latency or {}).get('latency_batch_sizes', [1, 256])]
+  times = {'lpa': (latency or {}).get('lpa_online_ms_per_sample', {}),
+           'vae': (latency or {}).get('vae_ms_per_sample', {})}
+  head = ' | '.join(f'Time b={b} (ms/sample)' for b in sizes)
+  lines = ['', '## Table IX: VAE vs optimised LPA', '',
+           f'| Method | Model Acc. | Conf. Dist. | Attack Acc. | Recon. Error | {head} |',
+           '|---|---|---|---|---|' + '---|' * len(sizes)]
+  for name, label in (('none', 'No-def.'), ('lpa', 'Opti. (LPA)'), ('vae', 'VAE')):
+    if name not in by_name:
+      continue
+    r = by_name[name]
+    dist = '-' if name == 'none' else f'{r["conf_dist"]:.5f}'
+    cells = ' | '.join(f'{times[name][b]:.3g}' if b in times.get(name, {}) else '-'
+                       for b in sizes)
+    lines.append(f'| {label} | {100 * r["model_acc"]:.2f}% | {dist} | {100 * r["attack_acc"]:.2f}% '
+                 f'| {r["recon_error"]:.5f} | {cells} |')
+  if latency:
+    infer = latency.get('infer_ms_per_sample', {})
+    lines += ['', "Time: the defense's own work per sample (LPA crafted online, per-example mode, "
+              f'{latency.get("lpa_online_steps")} rounds; VAE: one forward pass + the feasible map), '
+              'plain inference ' + ', '.join(f'{infer[b]:.3g} ms (b={b})' for b in sizes if b in infer)
+              + '. Privacy columns: this run\'s rows (LPA as configured here, c.lpa.mode).']
+  else:
+    lines += ['', 'Time: run `python -m launch.benchmark --config=... --workdir=<this workdir>` to '
+              'fill in the per-sample latency.']
+  return '\n'.join(lines) + '\n'

@@ -5,8 +5,15 @@ of arrays whose leading axis is the batch and `metrics['loss']` is a scalar. `fi
 per-epoch seed (so a resumed run sees the same batches as an uninterrupted one), shards each batch over
 the 'data' mesh axis, shows a progress bar with the loss, saves after each epoch and stops with a clear
 error when the loss stops being finite.
+
+Inside `with load_only():` (or with `fit(..., load_only=True)`) `fit` only loads: a stage without a
+finished checkpoint raises `StageNotTrainedError` instead of training. Serving (`mip_jax.defender`)
+builds everything through the same stage functions as an experiment, under this context, so it can
+never start a training run by accident.
 """
 
+import contextlib
+import contextvars
 from typing import Any, Callable
 
 import jax
@@ -45,6 +52,23 @@ class TrainState(struct.PyTreeNode):
     return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
+class StageNotTrainedError(RuntimeError):
+  """A stage was asked for in load-only mode but its workdir holds no finished checkpoint."""
+
+
+_LOAD_ONLY = contextvars.ContextVar('mip_jax_load_only', default=False)
+
+
+@contextlib.contextmanager
+def load_only():
+  """Within this block every `fit` loads finished stages and trains none (StageNotTrainedError)."""
+  token = _LOAD_ONLY.set(True)
+  try:
+    yield
+  finally:
+    _LOAD_ONLY.reset(token)
+
+
 StepFn = Callable[[TrainState, tuple, jax.Array], tuple[TrainState, dict]]
 
 
@@ -63,7 +87,8 @@ def _saved(state: TrainState) -> dict:
 
 def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, epochs: int,
         batch_size: int, seed: int, checkpoint: StageCheckpoint | None = None,
-        mesh: jax.sharding.Mesh | None = None, desc: str = 'train') -> TrainState:
+        mesh: jax.sharding.Mesh | None = None, desc: str = 'train',
+        load_only: bool | None = None) -> TrainState:
   """Trains `state` for `epochs` epochs over `arrays`, resuming from `checkpoint` when it has progress.
 
   Args:
@@ -76,6 +101,8 @@ def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, e
     checkpoint: where to save after each epoch / resume from; None trains without saving.
     mesh: device mesh ('data' axis); default all devices.
     desc: progress-bar label.
+    load_only: True: load a finished stage or raise StageNotTrainedError, never train; None: the
+      `load_only()` context decides (default off).
 
   Returns:
     The trained state (on host memory layout of the mesh, replicated).
@@ -90,8 +117,16 @@ def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, e
     raise ValueError(f'{num} training examples cannot fill a batch on {mesh.devices.size} devices')
 
   start = 0
+  meta = checkpoint.latest() if checkpoint is not None else None
+  if (_LOAD_ONLY.get() if load_only is None else load_only) and (
+      meta is None or meta['epoch'] < epochs):
+    where = checkpoint.directory if checkpoint is not None else '(no checkpoint given)'
+    found = 'nothing' if meta is None else f'epoch {meta["epoch"]}/{epochs}'
+    raise StageNotTrainedError(
+        f'stage {desc!r} is not trained: {where} holds {found}, and loading must not train. '
+        f'Train it first with the same config and workdir (e.g. python -m launch.compare '
+        f'--config=... --workdir=...).')
   if checkpoint is not None:
-    meta = checkpoint.latest()
     if meta is not None:
       state = state.replace(**checkpoint.restore(_saved(state)))
       start = meta['epoch']

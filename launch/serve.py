@@ -1,0 +1,52 @@
+"""Serves a trained workdir's defended predictions over HTTP (Starlette + uvicorn).
+
+  python -m launch.compare --config=configs/digits.py --workdir=runs/digits --defenses=none,lpa,vae
+  python -m launch.serve --config=configs/digits.py --workdir=runs/digits --defense=vae --port=8000
+  curl -s localhost:8000/health
+  curl -s -X POST localhost:8000/defend -H 'content-type: application/json' \
+       -d '{"images": [[[0.0, ...16 values], ...16 rows]]}'
+
+Nothing is trained here: a workdir without the finished stages the defense needs is an error. The
+config must be the one the workdir was trained with (same overrides). --port=0 picks a free port; the
+address is printed as `serving <defense> on http://HOST:PORT` once the server accepts requests.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from launch import common
+
+flags.mark_flags_as_required(['config', 'workdir'])
+DEFENSE = flags.DEFINE_string('defense', 'vae', "Defense to serve: 'vae', 'lpa' (crafted online, "
+                              'per example) or any registered defense.')
+HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on (loopback by default).')
+PORT = flags.DEFINE_integer('port', 8000, 'TCP port; 0 picks a free one.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from mip_jax import checkpoints, serving, train  # noqa: late import keeps `--help` fast
+  from mip_jax.data import DatasetNotFoundError
+  from mip_jax.defender import Defender
+  common.log_devices()
+  config = common.CONFIG.value
+  try:
+    defender = Defender.from_workdir(common.workdir_for(config), config, DEFENSE.value)
+  except (ValueError, FileNotFoundError, DatasetNotFoundError, train.StageNotTrainedError,
+          checkpoints.StageMismatchError) as e:
+    sys.exit(f'error: {e}')
+  web_app = serving.make_app(defender, max_batch=config.serve.max_batch)
+  sock = serving.bind(HOST.value, PORT.value)
+  host, port = sock.getsockname()[:2]
+  server = serving.make_server(web_app)
+  # Printed once the socket listens: clients (and tests) read the real port from it.
+  print(f'serving {defender.defense} on http://{host}:{port}', flush=True)
+  logging.info('serving %s (%d classes, images %s) on http://%s:%d', defender.defense,
+               defender.num_classes, defender.image_shape, host, port)
+  server.run(sockets=[sock])
+
+
+if __name__ == '__main__':
+  app.run(main)

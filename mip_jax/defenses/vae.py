@@ -1,0 +1,208 @@
+"""VAE: LPA-like poisoned vectors in one forward pass (the paper's Table IX, design section 3).
+
+  1. LPA as configured (`lpa.fit`, `lpa.apply`: substitute decoder I_sub, target gradient g_t over
+     private data, crafted vectors) on the attacker queries the defender can anticipate: its
+     attack-class training images and their clean vectors c. The crafted c* are cached in the
+     workdir and shared with the `lpa` defense.
+  2. A conditional VAE (`models.vae.PerturbationVAE`) learns the distribution of those perturbations
+     (stage 'vae'): c' = P(c + delta(z, c)), P = `feasible.project` (label kept, ||c' - c|| <= eps),
+     minimising per batch
+        align_weight * alignment(c')     per-example: mean_i [1 - cos(g_t, grad R(I_sub(c'_i), x_i))]
+      + recon_weight * sum_j (f(c')_j - f(c*)_j)^2     f: the log-probability features of the model
+      + kl_weight * KL(q(z | c, c*) || N(0, I))
+     with z drawn from the posterior. The alignment term is the paper's loss (poisoned gradient of
+     each query on its own image x_i, as LPA's per-example mode); the reconstruction term ties the
+     VAE to LPA's perturbations; the KL term lets serving sample z from the prior.
+  3. Serving needs only c: z from the prior with a key derived from c's bits (the same query always
+     gets the same vector), one jitted decoder pass and P. No images, no optimisation, and a vector
+     never depends on the other queries of its batch.
+
+`c.vae.alignment = 'aggregate'` uses the batch cosine instead; `recon_weight = 0` trains on the
+alignment loss alone (then step 1 only supplies the substitute and g_t).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from mip_jax import checkpoints, parallel, train
+from mip_jax.defenses import feasible, lpa
+from mip_jax.losses import alignment
+from mip_jax.models import vae as vae_model
+
+STAGE = 'vae'
+# Rows whose candidate moves no entry by this much have a numerically 0/0 projection gradient.
+_STUCK = 1e-18
+_ALIGNMENTS = ('per_example', 'aggregate')
+
+
+def make_generator(cfg, num_classes: int):
+  """The generator module from config.vae (latent, hidden, eps)."""
+  return vae_model.PerturbationVAE(num_classes=num_classes, latent=cfg.latent,
+                                   hidden=tuple(cfg.hidden), eps=cfg.eps)
+
+
+def check_config(cfg) -> None:
+  """Fails with the field to fix on a config.vae the generator cannot train with."""
+  if cfg.alignment not in _ALIGNMENTS:
+    raise ValueError(f'vae.alignment must be one of {_ALIGNMENTS}, got {cfg.alignment!r}')
+  if cfg.distance not in alignment.DISTANCES:
+    raise ValueError(f'vae.distance must be one of {sorted(alignment.DISTANCES)}, '
+                     f'got {cfg.distance!r}')
+  if not cfg.eps > 0:
+    raise ValueError(f'vae.eps must be > 0, got {cfg.eps}')
+  for name in ('kl_weight', 'recon_weight', 'align_weight'):
+    if cfg[name] < 0:
+      raise ValueError(f'vae.{name} must be >= 0, got {cfg[name]}')
+
+
+def project_with_finite_grad(c: jnp.ndarray, delta: jnp.ndarray, eps) -> jnp.ndarray:
+  """`feasible.project(c, c + delta, eps)` whose gradient in delta stays finite.
+
+  Where the candidate maps back onto c (a near one-hot c whose tiny entries get negative deltas and
+  whose top entry is clipped at 1), ||q - c|| is 0 or its squares underflow float32 (entries below
+  ~1e-19), and the projection's gradient x / ||x|| is 0/0: NaN, which would poison every parameter.
+  Such rows keep their value and get no gradient instead.
+  """
+  q = c + delta
+  stuck = jnp.all(jnp.abs(feasible.normalize(q) - c) < _STUCK, axis=-1, keepdims=True)
+  q = jnp.where(stuck, c + jax.lax.stop_gradient(delta), q)
+  return feasible.project(c, q, eps)
+
+
+def generator_step(state: train.TrainState, batch: tuple, rng: jax.Array, *, model, loss_fn,
+                   sub_params, target_grad, cfg):
+  """One step of the generator on a batch of anticipated queries.
+
+  Args:
+    state: the generator's training state.
+    batch: (clean vectors c [B, m], LPA's vectors c* of them [B, m], the queried images x).
+    rng: the VAE's 'sample' key.
+    model: the generator module; loss_fn: `lpa.decoder_loss_fn(...)` of the substitute.
+    sub_params: the substitute decoder's parameters; target_grad: g_t (pytree like sub_params).
+    cfg: config.vae (eps, align_weight, recon_weight, kl_weight, alignment, distance).
+
+  Returns:
+    (new state, {'loss', 'alignment', 'recon', 'kl'}).
+  """
+  c, target, x = batch
+  align_fn = (alignment.per_example_alignment_loss if cfg.alignment == 'per_example'
+              else alignment.alignment_loss)
+
+  def objective(params):
+    delta, mu, log_var = model.apply({'params': params}, c, target, rngs={'sample': rng})
+    defended = project_with_finite_grad(c, delta, cfg.eps)
+    align = align_fn(defended, loss_fn=loss_fn, params=sub_params, images=x,
+                     target_grad=target_grad, distance=cfg.distance)
+    diff = vae_model.vector_features(defended) - vae_model.vector_features(target)
+    recon = jnp.mean(jnp.sum(jnp.square(diff), axis=-1))
+    kl = jnp.mean(vae_model.kl_divergence(mu, log_var))
+    loss = cfg.align_weight * align + cfg.recon_weight * recon + cfg.kl_weight * kl
+    return loss, (align, recon, kl)
+
+  (loss, (align, recon, kl)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  return state.apply_gradients(grads, state.batch_stats), {'loss': loss, 'alignment': align,
+                                                           'recon': recon, 'kl': kl}
+
+
+def train_generator(config, probs: np.ndarray, targets: np.ndarray, images: np.ndarray, *, loss_fn,
+                    sub_params, target_grad, workdir: str, seed: int, mesh=None,
+                    fingerprint_extra=None):
+  """Trains (or loads) the generator stage 'vae' on (c, c*, x); returns (model, params).
+
+  The fingerprint covers config.vae, what defines the substitute and LPA's vectors (decoder, attack
+  transform, config.lpa) and the training vectors themselves, so a workdir never reuses a generator
+  trained for another classifier, substitute or LPA setting.
+  """
+  cfg = config.vae
+  model = make_generator(cfg, probs.shape[-1])
+  variables = model.init(jax.random.key(seed), jnp.asarray(probs[:1]), jnp.asarray(probs[:1]),
+                         sample=False)
+  state = train.TrainState.create(variables=variables, tx=optax.adam(cfg.learning_rate))
+  ckpt = checkpoints.StageCheckpoint(workdir, STAGE, checkpoints.fingerprint(
+      [cfg.to_dict(), config.decoder.to_dict(), config.attack.to_dict(), config.lpa.to_dict(), seed,
+       fingerprint_extra, checkpoints.array_fingerprint(probs)]))
+  mesh = mesh or parallel.data_mesh()
+  # Device arrays (replicated), not numpy: closed-over numpy arrays would become HLO constants.
+  step = functools.partial(generator_step, model=model, loss_fn=loss_fn,
+                           sub_params=parallel.replicate(sub_params, mesh),
+                           target_grad=parallel.replicate(target_grad, mesh), cfg=cfg)
+  state = train.fit(state, step, (probs, targets, images), epochs=cfg.epochs,
+                    batch_size=cfg.batch_size, seed=seed, checkpoint=ckpt, mesh=mesh, desc=STAGE)
+  ckpt.close()
+  return model, jax.device_get(state.params)
+
+
+# ---------------------------------------------------------------- the defense protocol
+
+def fit(setup) -> dict:
+  """LPA's vectors of the attack-class queries, then trains (or loads) the generator on them."""
+  from mip_jax import experiment  # late import: experiment imports the defense registry
+  config = setup.config
+  check_config(config.vae)
+  queries = setup.splits.attack_train
+  clean, images = setup.clean['attack_train'], queries.images.astype(np.float32)
+  lpa_state = lpa.fit(setup)  # substitute stage (shared with `lpa`) and g_t
+  targets = clean
+  if config.vae.recon_weight > 0:  # cached in <workdir>/perturbations, shared with `lpa`
+    targets = np.asarray(lpa.apply(lpa_state, clean, images=queries.images), np.float32)
+  sub_model, sub_vars = lpa.train_substitute(setup)  # finished above: loaded
+  loss_fn = lpa.decoder_loss_fn(sub_model, sub_vars['batch_stats'], config.attack, config.lpa.loss)
+  model, params = train_generator(
+      config, clean, targets, images, loss_fn=loss_fn, sub_params=sub_vars['params'],
+      target_grad=lpa_state['crafter'].target_grad, workdir=setup.workdir, seed=config.seed + 5,
+      mesh=setup.mesh, fingerprint_extra=['vae', experiment.data_fingerprint(config)])
+  return make_state(model, params, config.vae.eps, seed=config.seed + 6)
+
+
+def make_state(model, params, eps: float, *, seed: int) -> dict:
+  """The served generator: module, parameters on device, the jitted forward pass and eps.
+
+  `seed` makes the serving key: the latent of a vector is drawn from N(0, I) with a key derived
+  from it and the vector's bits.
+  """
+  key = jax.random.key(seed)
+  fn = jax.jit(lambda p, c: vae_model.defended_vectors(model, p, c, eps, key))
+  return {'model': model, 'params': jax.device_put(params), 'eps': float(eps), 'fn': fn,
+          'seed': seed}
+
+
+def generate(state: dict, probs: np.ndarray, *, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """Defended vectors and a per-row `finite` flag (False: the network failed on that row).
+
+  Rows go through the jitted generator in chunks; each chunk is padded (with copies of its first row,
+  dropped afterwards) to a power of two, so serving any batch size compiles at most log2(chunk) + 1
+  shapes. Rows are independent: padding never changes a real row's result.
+  """
+  probs = np.asarray(probs, np.float32)
+  out, finite = [], []
+  for start in range(0, len(probs), chunk):
+    c = probs[start:start + chunk]
+    n = len(c)
+    size = 1 << max(n - 1, 0).bit_length()
+    padded = np.concatenate([c, np.repeat(c[:1], size - n, 0)])
+    res = state['fn'](state['params'], padded)
+    out.append(np.asarray(res['defended'])[:n])
+    finite.append(np.asarray(res['finite'])[:n])
+  m = probs.shape[-1] if probs.ndim == 2 else 0
+  if not out:
+    return np.zeros((0, m), np.float32), np.zeros((0,), bool)
+  return np.concatenate(out), np.concatenate(finite)
+
+
+def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:
+  """The generator's vectors for clean `probs` (images are not needed: c' depends on c alone)."""
+  del images
+  defended, finite = generate(state, probs)
+  if not finite.all():
+    bad = np.flatnonzero(~finite)
+    raise FloatingPointError(f'the VAE generator produced NaN/inf for {len(bad)} rows (first: '
+                             f'{bad[:10].tolist()}); retrain stage {STAGE!r} (delete '
+                             f'<workdir>/checkpoints/{STAGE}) with a lower vae.learning_rate')
+  logging.info('VAE defended %d vectors: mean L2 distortion %.5f', len(probs),
+               float(np.mean(np.linalg.norm(defended - probs, axis=1))) if len(probs) else 0.0)
+  return defended

@@ -1,0 +1,184 @@
+"""The Defender API: loads a trained workdir without training, defends images, never serves clean rows."""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from configs import digits
+from mip_jax import defender as defender_lib
+from mip_jax import experiment, metrics, stages, train
+from mip_jax.defender import DefenseError, Defender
+from mip_jax.defenses import vae
+
+
+def tiny_serving_config(data_dir: str):
+  c = digits.get_config('tiny')
+  c.data_dir = data_dir
+  return c
+
+
+def trained_workdir(tmp_path_factory, data_dir: str) -> str:
+  """A tiny workdir with every stage serving needs (classifier, evaluator, substitute, vae).
+
+  Shared by this module and test_serve.py: the second caller finds the finished stages and only
+  loads them.
+  """
+  workdir = str(tmp_path_factory.getbasetemp() / 'serving_workdir')
+  setup = experiment.prepare(tiny_serving_config(data_dir), workdir)
+  vae.fit(setup)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory, data_dir):
+  return trained_workdir(tmp_path_factory, data_dir)
+
+
+@pytest.fixture(scope='module')
+def setup(workdir, data_dir):
+  with train.load_only():
+    return experiment.prepare(tiny_serving_config(data_dir), workdir)
+
+
+@pytest.fixture(scope='module')
+def vae_defender(workdir, data_dir):
+  return Defender.from_workdir(workdir, tiny_serving_config(data_dir), 'vae')
+
+
+def test_vae_defender_matches_the_defense_module(vae_defender, setup):
+  images = setup.splits.private_test.images[:37]
+  defended, labels = vae_defender.predict(images)
+  clean = stages.predict_probs(*setup.classifier, images)
+  with train.load_only():
+    state = vae.fit(setup)
+  np.testing.assert_allclose(defended, vae.apply(state, clean), atol=1e-6)
+  np.testing.assert_array_equal(labels, np.argmax(clean, 1))
+  assert np.linalg.norm(defended - clean, axis=1).max() <= setup.config.vae.eps * (1 + 1e-5)
+  assert np.all(np.any(defended != clean, axis=1))
+  # defend() on vectors the caller computed gives the same rows; grey images may drop the C axis.
+  np.testing.assert_allclose(vae_defender.defend(clean), defended, atol=1e-6)
+  np.testing.assert_allclose(vae_defender(images[..., 0]), defended, atol=1e-6)
+  assert vae_defender.num_classes == 5 and vae_defender.image_shape == (16, 16, 1)
+
+
+def test_batches_are_padded_to_few_compiled_shapes(vae_defender, setup):
+  images = setup.splits.private_test.images
+  before = vae_defender._probs_fn._cache_size()
+  for n in (1, 3, 4, 5, 7, 8):
+    assert vae_defender(images[:n]).shape == (n, 5)
+  assert vae_defender._probs_fn._cache_size() - before <= 4  # buckets 1, 4, 8 (2 maybe cached)
+  alone = vae_defender(images[3:4])
+  np.testing.assert_allclose(alone[0], vae_defender(images[:7])[3], atol=1e-6)
+
+
+def test_lpa_online_and_post_processing_defenses(workdir, data_dir, setup):
+  config = tiny_serving_config(data_dir)
+  images = setup.splits.private_test.images[:6]
+  clean = stages.predict_probs(*setup.classifier, images)
+  lpa_defender = Defender.from_workdir(workdir, config, 'lpa')
+  defended = lpa_defender(images)
+  metrics.check_probability_vectors(defended)
+  assert metrics.label_flip_rate(defended, clean) == 0.0
+  assert np.linalg.norm(defended - clean, axis=1).max() <= config.lpa.eps * (1 + 1e-5)
+  assert np.all(np.any(defended != clean, axis=1))
+  assert config.lpa.mode == 'aggregate'  # the caller's config is left alone
+  with pytest.raises(ValueError, match='needs the queried images'):
+    lpa_defender.defend(clean)
+  # Any registered post-processing defense goes through its own apply ('none': the clean vectors).
+  plain = Defender.from_workdir(workdir, config, 'none')
+  np.testing.assert_allclose(plain(images), clean, atol=1e-6)
+  np.testing.assert_allclose(plain.defend(clean), clean, atol=1e-6)
+
+
+def test_untrained_workdirs_fail_clearly_and_train_nothing(workdir, data_dir, tmp_path):
+  config = tiny_serving_config(data_dir)
+  with pytest.raises(FileNotFoundError, match='no trained classifier'):
+    Defender.from_workdir(str(tmp_path / 'empty'), config, 'vae')
+  # Classifier and evaluator only: the substitute stage is missing and must not be trained.
+  partial = tmp_path / 'partial'
+  for stage in ('classifier', 'eval_classifier'):
+    shutil.copytree(os.path.join(workdir, 'checkpoints', stage), partial / 'checkpoints' / stage)
+  with pytest.raises(train.StageNotTrainedError, match="'substitute' is not trained"):
+    Defender.from_workdir(str(partial), config, 'vae')
+  assert not os.listdir(partial / 'checkpoints' / 'substitute')  # no epoch was saved
+  with pytest.raises(ValueError, match='known defenses'):
+    Defender.from_workdir(workdir, config, 'magic')
+
+
+def test_invalid_inputs_are_value_errors(vae_defender):
+  good = np.full((2, 16, 16, 1), 0.5, np.float32)
+  bad_cases = {
+      'shape': (np.zeros((2, 8, 8, 1)), 'must have shape'),
+      'single image': (np.zeros((16, 16, 1)), 'must have shape'),
+      'nan': (np.where(np.arange(2)[:, None, None, None] == 1, np.nan, good), r'images \[1\] hold NaN'),
+      'range': (good * 255, r'\[0, 1\]'),
+      'bool': (good > 0, 'numbers'),
+      'ragged': ([[[0.5] * 16] * 16, [[0.5] * 15] * 16], 'rectangular|shape'),
+  }
+  for name, (images, message) in bad_cases.items():
+    with pytest.raises(ValueError, match=message):
+      vae_defender(images)
+  with pytest.raises(ValueError, match='sums to'):
+    vae_defender.defend(np.full((2, 5), 0.5, np.float32))
+  with pytest.raises(ValueError, match='5 entries'):
+    vae_defender.defend(np.full((2, 4), 0.25, np.float32))
+  assert vae_defender(np.zeros((0, 16, 16, 1))).shape == (0, 5)
+
+
+def test_a_failing_defense_raises_and_never_returns_clean_rows(vae_defender, setup):
+  classifier = setup.classifier
+  images = setup.splits.private_test.images[:6]
+  clean = stages.predict_probs(*classifier, images)
+  make = lambda backend, **kw: Defender(classifier=classifier, image_shape=(16, 16, 1),
+                                        defense='broken', backend=backend, **kw)
+
+  # A corrupted generator (NaN weight): the feasible map would quietly return c; it must not.
+  with train.load_only():
+    state = vae.fit(setup)
+  params = jax.tree.map(lambda p: np.where(np.arange(p.size).reshape(p.shape) == 0, np.nan, p),
+                        jax.device_get(state['params']))
+  broken_vae = vae.make_state(state['model'], params, state['eps'], seed=state['seed'])
+  d = make(lambda p, x: vae.generate(broken_vae, p), require_change=True)
+  with pytest.raises(DefenseError, match='failed for 6 of 6 rows') as err:
+    d(images)
+  assert err.value.rows == list(range(6)) and np.isnan(err.value.defended).all()
+
+  # Label flips in rows 1 and 4: exactly those rows fail, the others come back in .defended.
+  def flip(p, x):
+    out = p.copy()
+    for r in (1, 4):  # swap the top entry with the next index: the label must change
+      k = int(np.argmax(out[r]))
+      j = (k + 1) % out.shape[1]
+      out[r, [k, j]] = out[r, [j, k]]
+    return out, None
+  with pytest.raises(DefenseError, match=r'rows \[1, 4\]') as err:
+    make(flip)(images)
+  assert err.value.rows == [1, 4] and 'label changed' in err.value.reasons[1]
+  assert np.isnan(err.value.defended[[1, 4]]).all()
+  np.testing.assert_allclose(err.value.defended[[0, 2, 3, 5]], clean[[0, 2, 3, 5]], atol=1e-6)
+
+  # Not probability vectors, non-finite, unchanged, a wrong shape, an exception.
+  cases = [
+      (lambda p, x: (p * 2, None), {}, 'not a probability vector'),
+      (lambda p, x: (np.where(np.arange(len(p))[:, None] == 2, np.inf, p), None), {}, 'non-finite'),
+      (lambda p, x: (p, None), {'require_change': True}, 'unchanged'),
+      (lambda p, x: (p[:-1], None), {}, 'returned shape'),
+      (lambda p, x: (p, np.arange(len(p)) != 3), {}, 'failed internally'),
+  ]
+  for backend, kw, message in cases:
+    with pytest.raises(DefenseError, match=message):
+      make(backend, **kw)(images)
+
+  def boom(p, x):
+    raise RuntimeError('substitute exploded')
+  with pytest.raises(DefenseError, match='substitute exploded') as err:
+    make(boom)(images)
+  assert err.value.defended is None and isinstance(err.value.__cause__, RuntimeError)
+
+
+def test_bucket_sizes():
+  assert [defender_lib.bucket_size(n) for n in (1, 2, 3, 5, 256)] == [1, 2, 4, 8, 256]
+  assert defender_lib.bucket_size(3, multiple=8) == 8
