@@ -81,31 +81,31 @@ def base_config() -> ml_collections.ConfigDict:
   # LFP (Algorithms 2, 3): poison a budget of served vectors by reversing their rank order, then
   # fine-tune them with LPA's alignment crafting (same fields as c.lpa) around the reversed vectors.
   c.lfp = ml_collections.ConfigDict()
-  c.lfp.budget = 0.05                   # r: fraction of the served vectors poisoned (labels flipped)
+  c.lfp.budget = 0.05                   # r: fraction of served vectors poisoned (labels flipped)
   c.lfp.threshold = 0.9                 # thr: vectors with max(c) < thr are picked first
-  c.lfp.swap = False                    # Discussion 3: swap top-1/top-2, keep that top, reverse the rest
+  c.lfp.swap = False                    # Discussion 3: swap top-1/2, keep that top, reverse rest
   c.lfp.eps = 0.01                      # L2 radius of the fine-tuning around each reversed vector
   c.lfp.steps = 240                     # fine-tuning rounds (0: reversal only)
   c.lfp.tau = 0.1
   c.lfp.milestones = (0.375, 0.625, 0.875)
   c.lfp.restarts = 1
-  c.lfp.mode = 'aggregate'              # the poisoned gradient covers picked and clean rows (Alg. 3)
+  c.lfp.mode = 'aggregate'              # poisoned gradient over picked and clean rows (Alg. 3)
   c.lfp.batch_size = 128
   c.lfp.distance = 'cosine'
   c.lfp.loss = 'mse'
 
   # Post-processing baselines (Tables VII and the ART postprocessors); each a defenses/ module.
   c.noise = ml_collections.ConfigDict()
-  c.noise.scale = 0.2                   # ART GaussianNoise: std of N(0, scale) added, clip >= 0, renorm
+  c.noise.scale = 0.2                   # ART GaussianNoise: noise std; clip at 0, renormalise
   c.onepara = ml_collections.ConfigDict()
-  c.onepara.epsilon = 1.0               # Ye et al.: privacy budget; Laplace scale = sensitivity/epsilon
+  c.onepara.epsilon = 1.0               # Ye et al.: privacy budget; Laplace scale = sensitivity/eps
   c.onepara.sensitivity = 1.0           # scores lie in [0, 1]
   c.rounding = ml_collections.ConfigDict()
   c.rounding.decimals = 3               # ART Rounded (default 3), then rows renormalised to sum 1
   c.topk = ml_collections.ConfigDict()
   c.topk.k = 1                          # scores kept (1 = ART ClassLabels: one-hot), renormalised
   c.advexa = ml_collections.ConfigDict()
-  c.advexa.eps = 0.01                   # Wen et al.: Adam ascent on I_sub's error, then label modifier
+  c.advexa.eps = 0.01                   # Wen et al.: Adam ascent on I_sub's error, label modifier
   c.advexa.steps = 100
   c.advexa.tau = 0.1                    # Adam learning rate = tau * eps
   c.advexa.batch_size = 256
@@ -117,6 +117,49 @@ def base_config() -> ml_collections.ConfigDict:
   c.pgd.batch_size = 256
   c.poi_mse = ml_collections.ConfigDict()
   c.poi_mse.distance = 'mse'            # overrides of c.lpa for the Poi_MSE ablation (Table VII)
+
+  # VAE perturbation generator (Table IX): c -> c' in one forward pass; a conditional VAE of LPA's
+  # vectors trained with the per-example alignment loss (defenses/vae.py).
+  c.vae = ml_collections.ConfigDict()
+  c.vae.eps = 0.01                      # L2 radius of the served vectors (as c.lpa.eps)
+  c.vae.latent = 8                      # size of z
+  c.vae.hidden = (128, 128)             # widths of the encoder's and the decoder's hidden layers
+  c.vae.align_weight = 1.0              # weight of the alignment loss (the paper's VAE loss)
+  c.vae.recon_weight = 3.0              # fit to LPA's vectors in log-feature space (0: alignment only)
+  c.vae.kl_weight = 0.01                # weight of KL(q(z|c, c*) || N(0, I))
+  c.vae.alignment = 'per_example'       # 'per_example' (design) or 'aggregate' (batch cosine)
+  c.vae.distance = 'cosine'             # 'cosine' or 'mse', as c.lpa.distance
+  c.vae.epochs = 30
+  c.vae.batch_size = 64
+  c.vae.learning_rate = 1e-3
+
+  # Serving (launch.serve, mip_jax.defender).
+  c.serve = ml_collections.ConfigDict()
+  c.serve.max_batch = 256               # most images per request (larger: HTTP 413); also the
+                                        # largest batch the defender pushes through one call
+
+  # Retraining baselines (defenses/mid.py, defenses/bido.py) and prediction purification
+  # (defenses/purification.py). MID and BiDO retrain config.classifier (its epochs, batch, lr).
+  c.mid = ml_collections.ConfigDict()
+  c.mid.beta = 0.01                     # KL weight (MID, paper Table I); set 0.001 for CIFAR-10
+  c.mid.sample_at_eval = False          # True: sample z at inference as MID's code does; False: mean
+  c.bido = ml_collections.ConfigDict()
+  c.bido.coco_lambda_x = 1.0            # BiDO's published MNIST weights (Defend_MI repo):
+  c.bido.coco_lambda_y = 50.0           #   COCO (1, 50), HSIC (2, 20); CIFAR-10: (0.1, 5), (0.1, 1)
+  c.bido.hsic_lambda_x = 2.0
+  c.bido.hsic_lambda_y = 20.0
+  c.bido.sigma = 5.0                    # Gaussian kernel width per feature dim: 2 s^2 = 2 sigma^2 dim
+  c.bido.kernel_y = 'linear'            # kernel on the one-hot labels ('linear' or 'gaussian')
+  c.bido.eps = 1e-5                     # regulariser of the normalised HSIC
+  c.purification = ml_collections.ConfigDict()
+  c.purification.reference = 'private_test'  # defender's non-member vectors: or 'attack_train'
+  c.purification.width_factors = (8.0, 2.0)  # encoder widths as multiples of m (last: the code)
+  c.purification.label_weight = 1.0     # weight of CE(G(c), argmax c) next to ||G(c) - c||^2
+  c.purification.adversarial = False    # min-max against an inversion model H (Yang et al. 2020)
+  c.purification.adversarial_weight = 1.0  # weight of H's reconstruction error G maximises
+  c.purification.epochs = 100
+  c.purification.batch_size = 32
+  c.purification.learning_rate = 1e-3
 
   # Metrics.
   c.eval = ml_collections.ConfigDict()
@@ -142,7 +185,13 @@ def make_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.lfp.steps = 4
   c.lfp.batch_size = 32
   c.advexa.steps = 4
+  c.advexa.batch_size = 32
   c.pgd.steps = 4
+  c.pgd.batch_size = 32
+  c.vae.epochs = 2
+  c.vae.batch_size = 32
+  c.vae.hidden = (16, 16)
+  c.purification.epochs = 2
   return c
 
 
