@@ -8,6 +8,8 @@ the probability vector. The same transform is applied to every vector the attack
 
 import numpy as np
 
+from mip_jax.defenses.noise import gaussian_noise
+
 ADAPTIVE = ('none', 'noise', 'softmax')
 
 
@@ -23,11 +25,8 @@ def adapt(probs: np.ndarray, kind: str, *, noise_std: float = 1e-3, seed: int = 
   probs = np.asarray(probs, np.float32)
   if check(kind) == 'none':
     return probs
-  if kind == 'noise':
-    noisy = probs + np.random.default_rng(seed).normal(0.0, noise_std, probs.shape)
-    noisy = np.clip(noisy, 0.0, None)
-    sums = noisy.sum(axis=1, keepdims=True)
-    return np.where(sums > 0, noisy / np.where(sums > 0, sums, 1), probs).astype(np.float32)
+  if kind == 'noise':  # the same transform as the `noise` defense, at the attacker's scale
+    return gaussian_noise(probs, scale=noise_std, rng=np.random.default_rng(seed))
   # 'softmax'
   e = np.exp(probs - probs.max(axis=1, keepdims=True))
   return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

@@ -170,36 +170,22 @@ class ConvTranspose4x4S2(nn.Module):
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
   precision: Any = None
   param_dtype: Any = jnp.float32
+  _op = staticmethod(conv_transpose_s2)  # the computation; the stem subclass swaps it
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param('kernel', self.kernel_init, (4, 4, x.shape[-1], self.features),
                         self.param_dtype)
-    y = conv_transpose_s2(x, kernel, impl=self.impl, precision=self.precision)
+    y = self._op(x, kernel, impl=self.impl, precision=self.precision)
     if self.use_bias:
       y = y + self.param('bias', self.bias_init, (self.features,), self.param_dtype)
     return y
 
 
-class ConvTransposeStem(nn.Module):
+class ConvTransposeStem(ConvTranspose4x4S2):
   """ConvT(k=4, s=1, p=0) of a 1x1 input: [B, m] -> [B, 4, 4, features] (the decoder's first layer).
 
   Parameters as `flax.linen.ConvTranspose(features, (4, 4), padding='VALID')` applied to
-  [B, 1, 1, m]; computed as one matmul (see `conv_transpose_stem`).
+  [B, 1, 1, m]; computed as one matmul (see `conv_transpose_stem`). Same fields as its parent.
   """
-  features: int
-  impl: Impl = 'auto'
-  use_bias: bool = True
-  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
-  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
-  precision: Any = None
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, z: jax.Array) -> jax.Array:
-    kernel = self.param('kernel', self.kernel_init, (4, 4, z.shape[-1], self.features),
-                        self.param_dtype)
-    y = conv_transpose_stem(z, kernel, impl=self.impl, precision=self.precision)
-    if self.use_bias:
-      y = y + self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-    return y
+  _op = staticmethod(conv_transpose_stem)
