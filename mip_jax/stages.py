@@ -101,14 +101,16 @@ def train_decoder(config, inputs: np.ndarray, images: np.ndarray, *, workdir: st
   """Trains (or loads) an inversion decoder on (transformed vectors, images) pairs.
 
   The stage's fingerprint includes the inputs themselves, so a workdir never reuses a decoder trained
-  on other vectors (another defense, another transform); `fingerprint_extra` adds anything else.
+  on other vectors (another defense, another transform); config.attack is left out on purpose, since
+  its fields that matter reach the inputs and the others (reconstruct_from, the adaptive attacker of
+  another row) must not force a retrain. `fingerprint_extra` adds anything else.
   """
   num_classes = inputs.shape[-1]
   model = make_decoder(config, num_classes)
   variables = model.init(jax.random.key(seed), inputs[:1], train=False)
   state = train.TrainState.create(variables=variables, tx=decoder_optimizer(config.decoder))
   ckpt = checkpoints.StageCheckpoint(workdir, stage, checkpoints.fingerprint(
-      [config.decoder.to_dict(), config.attack.to_dict(), seed, fingerprint_extra,
+      [config.decoder.to_dict(), seed, fingerprint_extra,
        checkpoints.array_fingerprint(inputs)]))
   step = lambda s, b, r: decoder_step(s, b, r, model=model, loss=config.decoder.loss)
   state = train.fit(state, step, (inputs, images), epochs=config.decoder.epochs,
