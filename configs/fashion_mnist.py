@@ -1,22 +1,15 @@
-"""Fashion-MNIST at paper scale: 28x28 clothes padded to 32x32, classes 0-4 private, 5-9 attack.
+"""Fashion-MNIST at paper scale: the MNIST config (32x32 grey, classes 0-4 private, 5-9 attack,
+3 conv blocks, 4 decoder blocks) on 28x28 clothes padded to 32x32.
 
 Needs Fashion-MNIST prepared as array_record in the TFDS data_dir (see README "Preparing data").
   python -m launch.attack --config=configs/fashion_mnist.py --workdir=runs/fashion_mnist
   python -m launch.attack --config=configs/fashion_mnist.py --config.data_dir=/data/tfds
 """
 
-from configs import common
+from configs import mnist
 
 
 def get_config(arg: str = ''):
-  c = common.base_config()
+  c = mnist.get_config(arg)
   c.dataset = 'fashion_mnist'
-  c.image_size = 32
-  c.channels = 1
-  c.classifier.channels = (128, 256, 512)   # 3 conv blocks at 32x32
-  c.classifier.epochs = 100
-  c.eval_classifier.epochs = 100
-  c.decoder.width = 64                       # 4 blocks: 256-128-64-1, 32x32
-  c.decoder.blocks = 4
-  c.decoder.epochs = 100
-  return common.variant(c, arg)
+  return c

@@ -30,9 +30,15 @@ def gaussian_noise(probs: np.ndarray, *, scale: float, rng: np.random.Generator)
   return np.where(sums > 0, noisy / np.where(sums > 0, sums, 1.0), uniform).astype(np.float32)
 
 
+def vector_rng(seed: int, probs: np.ndarray) -> np.random.Generator:
+  """Noise generator keyed by the seed and the vectors: the same query gets the same noise, so
+  repeating it cannot average the noise away."""
+  return np.random.default_rng([seed, int(checkpoints.array_fingerprint(probs), 16)])
+
+
 def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:
   """Noisy vectors for `probs`; the same inputs and seed give the same output."""
   del images
   probs = np.asarray(probs, np.float32)
-  rng = np.random.default_rng([state['seed'], int(checkpoints.array_fingerprint(probs), 16)])
+  rng = vector_rng(state['seed'], probs)
   return gaussian_noise(probs, scale=state['scale'], rng=rng)

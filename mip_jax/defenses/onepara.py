@@ -18,7 +18,7 @@ Deterministic given config.seed and the vectors.
 
 import numpy as np
 
-from mip_jax import checkpoints
+from mip_jax.defenses import noise
 
 
 def fit(setup) -> dict:
@@ -45,5 +45,5 @@ def rank_kept_laplace(probs: np.ndarray, *, scale: float, rng: np.random.Generat
 def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:
   del images
   probs = np.asarray(probs, np.float32)
-  rng = np.random.default_rng([state['seed'], int(checkpoints.array_fingerprint(probs), 16)])
+  rng = noise.vector_rng(state['seed'], probs)
   return rank_kept_laplace(probs, scale=state['scale'], rng=rng)
