@@ -305,7 +305,7 @@ def _lpa_online(crafter, probs: np.ndarray, images: np.ndarray, *, seed: int, ch
     w = np.concatenate([np.ones(n), np.zeros(size - n)]).astype(np.float32)
     c, x = _pad_rows([c, x], size)
     batch = parallel.shard_batch((c, x, w), mesh)
-    key = jax.random.fold_in(jax.random.key(seed), start // chunk)
+    key = jax.random.key(seed)  # rows draw their own start from it (space.row_keys)
     defended, loss = crafter.craft_fn(*batch, key, params=crafter.params,
                                       target_grad=crafter.target_grad)
     out.append(np.asarray(defended)[:n])

@@ -14,7 +14,6 @@ shape, and are split over the 'data' mesh axis (parameters and g_t replicated).
 """
 
 import functools
-import os
 from typing import Any
 
 import jax
@@ -25,18 +24,26 @@ from absl import logging
 
 from mip_jax import checkpoints, parallel, stages
 from mip_jax.attacks import transforms
-from mip_jax.defenses import feasible
+from mip_jax.defenses import cache, space
 from mip_jax.losses import alignment, reconstruction
 
 
 # ---------------------------------------------------------------- functional pieces
 
-def decoder_loss_fn(model, batch_stats, attack_cfg, loss: str = 'mse'):
+# The feasible map keeps every argmax: model accuracy is the clean model's (experiment skips
+# crafting the private test vectors for it).
+LABEL_PRESERVING = True
+
+def decoder_loss_fn(model, batch_stats, attack_cfg, loss: str = 'mse', batchnorm: str = 'eval'):
   """`loss_fn(params, probs, images, weights)`: a decoder's weighted reconstruction loss on probs.
 
-  The decoder runs in eval mode (running BatchNorm statistics), so the loss of a batch is the mean of
-  per-example losses and the per-example gradients are well defined.
+  batchnorm='eval' (default): running BatchNorm statistics, so the loss of a batch is the mean of
+  per-example losses and per-example gradients are well defined. 'train': batch statistics, as the
+  attacker's decoder sees them while it trains (a lever of the attribution ablation; in per-example
+  mode each example is then normalised over its own spatial positions only).
   """
+  if batchnorm not in ('eval', 'train'):
+    raise ValueError(f"lpa.batchnorm must be 'eval' or 'train', got {batchnorm!r}")
   per_example = {'mse': reconstruction.per_example_mse,
                  'psnr': lambda r, x: -10.0 * jnp.log10(reconstruction.per_example_mse(r, x) + 1e-10)}
   if loss not in per_example:
@@ -44,7 +51,11 @@ def decoder_loss_fn(model, batch_stats, attack_cfg, loss: str = 'mse'):
 
   def loss_fn(params, probs, images, weights):
     z = transforms.attacker_input(probs, attack_cfg)
-    recon = model.apply({'params': params, 'batch_stats': batch_stats}, z, train=False)
+    variables = {'params': params, 'batch_stats': batch_stats}
+    if batchnorm == 'train':
+      recon, _ = model.apply(variables, z, train=True, mutable=['batch_stats'])
+    else:
+      recon = model.apply(variables, z, train=False)
     errors = per_example[loss](recon, images)
     return jnp.sum(errors * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
 
@@ -64,8 +75,11 @@ def target_gradient(loss_fn, params, probs: np.ndarray, images: np.ndarray, *,
 
 
 def delta_optimizer(cfg) -> optax.GradientTransformation:
-  """Signed Adam with Witches' Brew's step schedule: lr = tau * eps, x0.1 at 3/8, 5/8 and 7/8 of R."""
-  lr = cfg.tau * cfg.eps
+  """Signed Adam with Witches' Brew's step schedule: lr = tau * scale, x0.1 at 3/8, 5/8 and 7/8 of R.
+
+  scale is eps when crafting on probabilities (the paper), log_bound in log space (`space.step_scale`).
+  """
+  lr = cfg.tau * space.step_scale(cfg)
   schedule = optax.piecewise_constant_schedule(
       lr, {int(cfg.steps * f): 0.1 for f in cfg.milestones})
   return optax.chain(optax.scale_by_sign(), optax.adam(schedule))
@@ -91,13 +105,15 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
   eps = cfg.eps if radius is None else radius
   opt = delta_optimizer(cfg)
   per_example = cfg.mode == 'per_example'
+  where = dict(space=cfg.space, log_bound=cfg.log_bound)
+  to_vector = lambda v: space.defended(c, v, eps, **where)
   objective = functools.partial(
       alignment.per_example_alignment_loss if per_example else alignment.alignment_loss,
       loss_fn=loss_fn, params=params, images=images, target_grad=target_grad, weights=weights,
       distance=cfg.distance)
 
-  def row_losses(delta):
-    probs = feasible.project(c, c + delta, eps)
+  def row_losses(v):
+    probs = to_vector(v)
     if per_example:
       one = lambda p, x: alignment.per_example_alignment_loss(
           p[None], loss_fn=loss_fn, params=params, images=x[None], target_grad=target_grad,
@@ -106,32 +122,31 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
     return jnp.full(c.shape[:1], objective(probs))
 
   def one_restart(key):
-    # Random per-vector start inside the feasible set (the paper: unique init per vector).
-    lim = eps if radius is None else radius[:, None]
-    delta = jax.random.uniform(key, c.shape, c.dtype, -lim, lim)
-    delta = feasible.project(c, c + delta, eps) - c
-    state = opt.init(delta)
+    # Random per-vector start inside the feasible set (the paper: unique init per vector); with
+    # cfg.steps = 0 this is exactly the `random` control defense.
+    v = space.init(key, c, eps if radius is None else radius[:, None], **where)
+    state = opt.init(v)
 
     def body(_, carry):
-      delta, state = carry
-      g = jax.grad(lambda d: objective(feasible.project(c, c + d, eps)))(delta)
+      v, state = carry
+      g = jax.grad(lambda v: objective(to_vector(v)))(v)
       if radius is not None:  # frozen rows: their (0/0 at delta = 0) gradient is dropped
         g = jnp.where(radius[:, None] > 0, g, 0.0)
-      updates, state = opt.update(g, state, delta)
-      delta = feasible.project(c, c + optax.apply_updates(delta, updates), eps) - c
-      return delta, state
+      updates, state = opt.update(g, state, v)
+      v = space.after_step(c, optax.apply_updates(v, updates), eps, **where)
+      return v, state
 
-    delta, _ = jax.lax.fori_loop(0, cfg.steps, body, (delta, state))
-    return delta, row_losses(delta)
+    v, _ = jax.lax.fori_loop(0, cfg.steps, body, (v, state))
+    return to_vector(v), row_losses(v)
 
-  keys = jax.random.split(key, cfg.restarts)
-  best_delta, best_loss = one_restart(keys[0])
+  keys = space.restart_keys(key, cfg.restarts)
+  best, best_loss = one_restart(keys[0])
   for k in keys[1:]:  # static count: unrolled, still one compilation
-    delta, loss = one_restart(k)
+    out, loss = one_restart(k)
     better = (loss < best_loss)[:, None]
-    best_delta = jnp.where(better, delta, best_delta)
+    best = jnp.where(better, out, best)
     best_loss = jnp.minimum(loss, best_loss)
-  return c + best_delta, best_loss
+  return best, best_loss
 
 
 class Crafter:
@@ -152,7 +167,8 @@ class Crafter:
     if self.cfg.batch_size % self.mesh.devices.size:
       raise ValueError(f'lpa.batch_size={self.cfg.batch_size} must be a multiple of the '
                        f'{self.mesh.devices.size} devices')
-    loss_fn = decoder_loss_fn(model, variables['batch_stats'], config.attack, self.cfg.loss)
+    loss_fn = decoder_loss_fn(model, variables['batch_stats'], config.attack, self.cfg.loss,
+                              self.cfg.batchnorm)
     self.params = parallel.replicate(variables['params'], self.mesh)
     self.target_grad = parallel.replicate(target_grad, self.mesh)
     self.craft_fn = jax.jit(functools.partial(craft_batch, loss_fn=loss_fn, cfg=self.cfg))
@@ -176,7 +192,7 @@ class Crafter:
       if radius is not None:
         arrays += (np.concatenate([radius[start:start + b], np.zeros(pad)]).astype(c.dtype),)
       batch = parallel.shard_batch(arrays, self.mesh)
-      key = jax.random.fold_in(jax.random.key(seed), start // b)
+      key = jax.random.key(seed)  # rows draw their own start from it (space.row_keys)
       defended, loss = self.craft_fn(*batch[:3], key, *batch[3:], params=self.params,
                                      target_grad=self.target_grad)
       out.append(np.asarray(defended)[:n])
@@ -200,13 +216,20 @@ def fit(setup) -> dict:
   """Trains (or loads) the substitute and computes the target gradient over private training data."""
   model, variables = train_substitute(setup)
   loss_fn = decoder_loss_fn(model, variables['batch_stats'], setup.config.attack,
-                            setup.config.lpa.loss)
+                            setup.config.lpa.loss, setup.config.lpa.batchnorm)
   g_t = target_gradient(loss_fn, variables['params'], setup.clean['private_train'],
                         setup.splits.private_train.images)
   crafter = Crafter(model=model, variables=variables, target_grad=g_t, config=setup.config,
                     mesh=setup.mesh)
   return {'crafter': crafter, 'workdir': setup.workdir, 'seed': setup.config.seed,
-          'tag': checkpoints.fingerprint(setup.config.lpa.to_dict())}
+          'tag': cache_tag(setup.config, setup.config.lpa, variables, g_t)}
+
+
+def cache_tag(config, section, variables, g_t) -> str:
+  """What crafted vectors depend on besides the queries: the crafting settings, the attack transform,
+  the seed, the substitute's variables and g_t (which carries the private data)."""
+  return checkpoints.fingerprint([section.to_dict(), config.attack.to_dict(), config.seed,
+                                  checkpoints.exact_fingerprint(variables, g_t)])
 
 
 def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:
@@ -214,15 +237,14 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
   if images is None:
     raise ValueError('LPA needs the queried images: its poisoned gradient is R(I(c\'), x)')
   probs = np.asarray(probs, np.float32)
-  key = f'lpa_{state["tag"]}_{checkpoints.array_fingerprint(probs)}'
-  path = os.path.join(state['workdir'], 'perturbations', key + '.npz')
-  if os.path.exists(path):
-    with np.load(path) as f:
-      return f['defended']
-  defended, losses = state['crafter'](probs, images, seed=state['seed'])
-  logging.info('LPA crafted %d vectors: mean alignment loss %.4f', len(probs), float(np.mean(losses)))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, defended=defended, delta=defended - probs, clean=probs, alignment_loss=losses)
-  os.replace(tmp, path)
-  return defended
+  images = np.asarray(images, np.float32)
+
+  def craft():
+    defended, losses = state['crafter'](probs, images, seed=state['seed'])
+    logging.info('LPA crafted %d vectors: mean alignment loss %.4f', len(probs),
+                 float(np.mean(losses)))
+    return {'defended': defended, 'delta': defended - probs, 'clean': probs,
+            'alignment_loss': losses}
+
+  key = checkpoints.fingerprint([state['tag'], checkpoints.exact_fingerprint(probs, images)])
+  return cache.cached(state['workdir'], 'lpa', key, craft)

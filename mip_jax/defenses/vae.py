@@ -40,6 +40,10 @@ _STUCK = 1e-18
 _ALIGNMENTS = ('per_example', 'aggregate')
 
 
+# The feasible map keeps every argmax: model accuracy is the clean model's (experiment skips
+# crafting the private test vectors for it).
+LABEL_PRESERVING = True
+
 def make_generator(cfg, num_classes: int):
   """The generator module from config.vae (latent, hidden, eps)."""
   return vae_model.PerturbationVAE(num_classes=num_classes, latent=cfg.latent,
