@@ -18,7 +18,7 @@ from absl import logging
 
 from mip_jax import defenses, metrics, parallel, report, stages
 from mip_jax.attacks import adaptive, transforms
-from mip_jax.data import Splits, load_splits
+from mip_jax.data import Splits, data_fingerprint, load_splits
 from mip_jax.models.decoder import check_geometry
 
 
@@ -32,13 +32,6 @@ class Setup:
   evaluator: tuple             # (model, variables) of the evaluation classifier E
   clean: dict                  # clean softmax vectors: 'attack_train', 'private_train', 'private_test'
   mesh: jax.sharding.Mesh
-
-
-def data_fingerprint(config) -> dict:
-  """The config fields that decide which examples a stage sees."""
-  keys = ('dataset', 'image_size', 'channels', 'private_classes', 'attack_classes', 'max_per_split',
-          'test_fraction')
-  return {k: config[k] for k in keys}
 
 
 def prepare(config, workdir: str, *, mesh=None) -> Setup:

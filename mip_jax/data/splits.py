@@ -37,6 +37,13 @@ _HOLDOUT_SALT = 1
 _ORDER_SALT = 2
 
 
+def data_fingerprint(config) -> dict:
+  """The config fields that decide which examples a stage sees (part of every stage's fingerprint)."""
+  keys = ('dataset', 'image_size', 'channels', 'private_classes', 'attack_classes', 'max_per_split',
+          'test_fraction')
+  return {k: config[k] for k in keys}
+
+
 def load_splits(config: Any) -> Splits:
   """Loads the four splits of `config.dataset` (fields: see configs/common.py).
 

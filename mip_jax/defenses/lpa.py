@@ -24,6 +24,7 @@ import optax
 from absl import logging
 
 from mip_jax import checkpoints, parallel, stages
+from mip_jax.data import data_fingerprint
 from mip_jax.attacks import transforms
 from mip_jax.defenses import feasible
 from mip_jax.losses import alignment, reconstruction
@@ -188,12 +189,11 @@ class Crafter:
 
 def train_substitute(setup):
   """The defender's substitute decoder on clean attack-data vectors (stage 'substitute')."""
-  from mip_jax import experiment  # late import: experiment imports the defense registry
   config = setup.config
   z = np.asarray(transforms.attacker_input(setup.clean['attack_train'], config.attack))
   return stages.train_decoder(config, z, setup.splits.attack_train.images, workdir=setup.workdir,
                               stage='substitute', seed=config.seed + 3, mesh=setup.mesh,
-                              fingerprint_extra=['substitute', experiment.data_fingerprint(config)])
+                              fingerprint_extra=['substitute', data_fingerprint(config)])
 
 
 def fit(setup) -> dict:

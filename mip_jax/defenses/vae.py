@@ -30,6 +30,7 @@ import optax
 from absl import logging
 
 from mip_jax import checkpoints, parallel, train
+from mip_jax.data import data_fingerprint
 from mip_jax.defenses import feasible, lpa
 from mip_jax.losses import alignment
 from mip_jax.models import vae as vae_model
@@ -141,7 +142,6 @@ def train_generator(config, probs: np.ndarray, targets: np.ndarray, images: np.n
 
 def fit(setup) -> dict:
   """LPA's vectors of the attack-class queries, then trains (or loads) the generator on them."""
-  from mip_jax import experiment  # late import: experiment imports the defense registry
   config = setup.config
   check_config(config.vae)
   queries = setup.splits.attack_train
@@ -155,7 +155,7 @@ def fit(setup) -> dict:
   model, params = train_generator(
       config, clean, targets, images, loss_fn=loss_fn, sub_params=sub_vars['params'],
       target_grad=lpa_state['crafter'].target_grad, workdir=setup.workdir, seed=config.seed + 5,
-      mesh=setup.mesh, fingerprint_extra=['vae', experiment.data_fingerprint(config)])
+      mesh=setup.mesh, fingerprint_extra=['vae', data_fingerprint(config)])
   return make_state(model, params, config.vae.eps, seed=config.seed + 6)
 
 
