@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mip_jax import parallel, stages, train
+from mip_jax import parallel, stages, substitute, train
 from mip_jax.defenses import feasible, lpa
 from mip_jax.losses import alignment
 from mip_jax.models import make_decoder
@@ -87,7 +87,7 @@ def run(config, *, repeats: int = 10, mesh=None) -> dict:
   train_flops = _flops(train_step, state, batch, key)
 
   # One LPA crafting round: second-order gradient, signed Adam update, projection.
-  loss_fn = lpa.decoder_loss_fn(model, variables['batch_stats'], config.attack, config.lpa.loss)
+  loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'], config.attack, config.lpa.loss)
   g_t = parallel.replicate(lpa.target_gradient(loss_fn, variables['params'], probs, images), mesh)
   params = parallel.replicate(variables['params'], mesh)
   opt = lpa.delta_optimizer(config.lpa)
@@ -180,7 +180,7 @@ def serving_latency(config, *, batch_sizes=(1, 256), repeats: int = 10,
     lpa_cfg.lpa.mode = 'per_example'
   decoder = make_decoder(config, m)
   dec_vars = decoder.init(key, np.full((1, m), 1.0 / m, np.float32), train=False)
-  loss_fn = lpa.decoder_loss_fn(decoder, dec_vars['batch_stats'], config.attack, config.lpa.loss)
+  loss_fn = substitute.decoder_loss_fn(decoder, dec_vars['batch_stats'], config.attack, config.lpa.loss)
   calib = rng.uniform(size=(8, *shape)).astype(np.float32)
   g_t = lpa.target_gradient(loss_fn, dec_vars['params'],
                             np.asarray(jax.nn.softmax(rng.normal(size=(8, m)) * 5, -1), np.float32),

@@ -18,7 +18,7 @@ from absl import logging
 
 from mip_jax import defenses, metrics, parallel, report, stages
 from mip_jax.attacks import adaptive, transforms
-from mip_jax.data import Splits, data_fingerprint, load_splits
+from mip_jax.data import Splits, data_fingerprint, load_splits, query_indices
 from mip_jax.models.decoder import check_geometry
 
 
@@ -69,10 +69,12 @@ def evaluate_defense(setup: Setup, name: str, *, attackers=None) -> list[tuple[d
   for kind in attackers:
     adaptive.check(kind)  # unknown kinds fail before any work
   module = defenses.get(name)
+  # Steps 4-5: the attacker's queries (all of D_inv train, or one half: Table III) get defended.
+  idx = query_indices(len(splits.attack_train.labels), config.attack.data)
+  queries, clean_queries = splits.attack_train.take(idx), setup.clean['attack_train'][idx]
   start = time.time()
   state = module.fit(setup)
-  defended_queries = module.apply(state, setup.clean['attack_train'],
-                                  images=splits.attack_train.images)
+  defended_queries = module.apply(state, clean_queries, images=queries.images)
   defended_test = module.apply(state, setup.clean['private_test'], images=splits.private_test.images)
   metrics.check_probability_vectors(defended_queries, name=f'{name} defended queries')
   metrics.check_probability_vectors(defended_test, name=f'{name} defended test vectors')
@@ -99,7 +101,7 @@ def evaluate_defense(setup: Setup, name: str, *, attackers=None) -> list[tuple[d
     # Steps 5-6: the attacker trains a fresh decoder on (received vector, query image) pairs.
     z = np.asarray(transforms.attacker_input(received, config.attack))
     stage = f'attacker_{name}' if kind == 'none' else f'attacker_{name}_{kind}'
-    decoder = stages.train_decoder(config, z, splits.attack_train.images, workdir=setup.workdir,
+    decoder = stages.train_decoder(config, z, queries.images, workdir=setup.workdir,
                                    stage=stage, seed=config.seed + 2, mesh=setup.mesh,
                                    fingerprint_extra=data_fingerprint(config))
     # Step 7: invert the private data's vectors (through the attacker's own transform).
@@ -111,10 +113,10 @@ def evaluate_defense(setup: Setup, name: str, *, attackers=None) -> list[tuple[d
         'defense': name,
         'attacker': kind,
         'model_acc': metrics.accuracy(defended_test, splits.private_test.labels),
-        'conf_dist': metrics.confidence_distortion(received, setup.clean['attack_train']),
+        'conf_dist': metrics.confidence_distortion(received, clean_queries),
         'attack_acc': metrics.accuracy(recon_probs, private.labels),
         'recon_error': float(np.mean(errors)),
-        'label_flip_rate': metrics.label_flip_rate(defended_queries, setup.clean['attack_train']),
+        'label_flip_rate': metrics.label_flip_rate(defended_queries, clean_queries),
         'eps_eta': metrics.eps_eta_curve(errors, config.eval.eps_grid),
         'defend_seconds': defend_s,
     }, recon))

@@ -23,7 +23,7 @@ import os
 import numpy as np
 from absl import logging
 
-from mip_jax import checkpoints
+from mip_jax import checkpoints, substitute
 from mip_jax.defenses import lpa
 
 
@@ -114,8 +114,8 @@ def fit(setup) -> dict:
   state = {'cfg': cfg, 'seed': config.seed, 'workdir': setup.workdir, 'crafter': None,
            'tag': checkpoints.fingerprint([cfg.to_dict(), config.seed])}
   if cfg.steps > 0 and cfg.eps > 0 and cfg.budget > 0:
-    model, variables = lpa.train_substitute(setup)
-    loss_fn = lpa.decoder_loss_fn(model, variables['batch_stats'], config.attack, cfg.loss)
+    model, variables = substitute.train_substitute(setup)
+    loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'], config.attack, cfg.loss)
     g_t = lpa.target_gradient(loss_fn, variables['params'], setup.clean['private_train'],
                               setup.splits.private_train.images)
     state['crafter'] = lpa.Crafter(model=model, variables=variables, target_grad=g_t,

@@ -1,6 +1,7 @@
 """LPA: label-preserving poisoning of every served vector (the paper's Algorithm 1).
 
-  1. A substitute decoder I_sub is trained on clean (T(x), x), x in the attacker's queries (a stage).
+  1. A substitute decoder I_sub is trained on clean (T(x), x), x in the attacker's queries (a stage;
+     `mip_jax.substitute`, config.substitute).
   2. The target gradient g_t = grad_theta -R(I_sub(T(x)), x) over private data, once.
   3. For each crafting batch of queries, R rounds of signed Adam on delta (optax: scale_by_sign then
      adam with a step schedule), minimising 1 - cos(g_t, g_p(P(c + delta))), where P is
@@ -23,34 +24,13 @@ import numpy as np
 import optax
 from absl import logging
 
-from mip_jax import checkpoints, parallel, stages
-from mip_jax.data import data_fingerprint
-from mip_jax.attacks import transforms
+from mip_jax import checkpoints, parallel
 from mip_jax.defenses import feasible
-from mip_jax.losses import alignment, reconstruction
+from mip_jax.losses import alignment
+from mip_jax.substitute import decoder_loss_fn, train_substitute
 
 
 # ---------------------------------------------------------------- functional pieces
-
-def decoder_loss_fn(model, batch_stats, attack_cfg, loss: str = 'mse'):
-  """`loss_fn(params, probs, images, weights)`: a decoder's weighted reconstruction loss on probs.
-
-  The decoder runs in eval mode (running BatchNorm statistics), so the loss of a batch is the mean of
-  per-example losses and the per-example gradients are well defined.
-  """
-  per_example = {'mse': reconstruction.per_example_mse,
-                 'psnr': lambda r, x: -10.0 * jnp.log10(reconstruction.per_example_mse(r, x) + 1e-10)}
-  if loss not in per_example:
-    raise ValueError(f'unknown reconstruction loss {loss!r}; known: {sorted(per_example)}')
-
-  def loss_fn(params, probs, images, weights):
-    z = transforms.attacker_input(probs, attack_cfg)
-    recon = model.apply({'params': params, 'batch_stats': batch_stats}, z, train=False)
-    errors = per_example[loss](recon, images)
-    return jnp.sum(errors * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
-
-  return loss_fn
-
 
 def target_gradient(loss_fn, params, probs: np.ndarray, images: np.ndarray, *,
                     chunk: int = 256) -> Any:
@@ -186,15 +166,6 @@ class Crafter:
 
 
 # ---------------------------------------------------------------- the defense protocol
-
-def train_substitute(setup):
-  """The defender's substitute decoder on clean attack-data vectors (stage 'substitute')."""
-  config = setup.config
-  z = np.asarray(transforms.attacker_input(setup.clean['attack_train'], config.attack))
-  return stages.train_decoder(config, z, setup.splits.attack_train.images, workdir=setup.workdir,
-                              stage='substitute', seed=config.seed + 3, mesh=setup.mesh,
-                              fingerprint_extra=['substitute', data_fingerprint(config)])
-
 
 def fit(setup) -> dict:
   """Trains (or loads) the substitute and computes the target gradient over private training data."""

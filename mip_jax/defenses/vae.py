@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from mip_jax import checkpoints, parallel, train
+from mip_jax import checkpoints, parallel, substitute, train
 from mip_jax.data import data_fingerprint
 from mip_jax.defenses import feasible, lpa
 from mip_jax.losses import alignment
@@ -83,7 +83,7 @@ def generator_step(state: train.TrainState, batch: tuple, rng: jax.Array, *, mod
     state: the generator's training state.
     batch: (clean vectors c [B, m], LPA's vectors c* of them [B, m], the queried images x).
     rng: the VAE's 'sample' key.
-    model: the generator module; loss_fn: `lpa.decoder_loss_fn(...)` of the substitute.
+    model: the generator module; loss_fn: `substitute.decoder_loss_fn(...)` of the substitute.
     sub_params: the substitute decoder's parameters; target_grad: g_t (pytree like sub_params).
     cfg: config.vae (eps, align_weight, recon_weight, kl_weight, alignment, distance).
 
@@ -125,7 +125,8 @@ def train_generator(config, probs: np.ndarray, targets: np.ndarray, images: np.n
                          sample=False)
   state = train.TrainState.create(variables=variables, tx=optax.adam(cfg.learning_rate))
   ckpt = checkpoints.StageCheckpoint(workdir, STAGE, checkpoints.fingerprint(
-      [cfg.to_dict(), config.decoder.to_dict(), config.attack.to_dict(), config.lpa.to_dict(), seed,
+      [cfg.to_dict(), config.decoder.to_dict(), config.substitute.to_dict(), config.attack.to_dict(),
+       config.lpa.to_dict(), seed,
        fingerprint_extra, checkpoints.array_fingerprint(probs)]))
   mesh = mesh or parallel.data_mesh()
   # Device arrays (replicated), not numpy: closed-over numpy arrays would become HLO constants.
@@ -150,8 +151,8 @@ def fit(setup) -> dict:
   targets = clean
   if config.vae.recon_weight > 0:  # cached in <workdir>/perturbations, shared with `lpa`
     targets = np.asarray(lpa.apply(lpa_state, clean, images=queries.images), np.float32)
-  sub_model, sub_vars = lpa.train_substitute(setup)  # finished above: loaded
-  loss_fn = lpa.decoder_loss_fn(sub_model, sub_vars['batch_stats'], config.attack, config.lpa.loss)
+  sub_model, sub_vars = substitute.train_substitute(setup)  # finished above: loaded
+  loss_fn = substitute.decoder_loss_fn(sub_model, sub_vars['batch_stats'], config.attack, config.lpa.loss)
   model, params = train_generator(
       config, clean, targets, images, loss_fn=loss_fn, sub_params=sub_vars['params'],
       target_grad=lpa_state['crafter'].target_grad, workdir=setup.workdir, seed=config.seed + 5,
