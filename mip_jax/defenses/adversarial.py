@@ -84,14 +84,9 @@ class Ascender:
                                         project=project, final=final))
 
   def __call__(self, probs: np.ndarray, images: np.ndarray) -> np.ndarray:
-    b, out = self.batch_size, []
-    for start in range(0, len(probs), b):
-      c, x = probs[start:start + b], images[start:start + b]
-      n, pad = len(c), b - len(c)
-      w = np.concatenate([np.ones(n), np.zeros(pad)]).astype(np.float32)
-      c = np.concatenate([c, np.repeat(c[:1], pad, 0)])
-      x = np.concatenate([x, np.repeat(x[:1], pad, 0)]).astype(np.float32)
-      batch = parallel.shard_batch((c, x, w), self.mesh)
+    out = []
+    arrays = (probs, np.asarray(images, np.float32))
+    for _, n, batch in parallel.padded_batches(arrays, self.batch_size, mesh=self.mesh):
       out.append(np.asarray(self.fn(*batch, params=self.params))[:n])
     return np.concatenate(out)
 

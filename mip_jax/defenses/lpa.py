@@ -146,19 +146,13 @@ class Crafter:
     """
     b = self.cfg.batch_size
     out, losses = [], []
-    for start in range(0, len(probs), b):
-      c, x = probs[start:start + b], images[start:start + b]
-      n = len(c)
-      pad = b - n  # pad with copies of row 0 at weight 0: same shape, no recompilation
-      w = np.concatenate([np.ones(n), np.zeros(pad)]).astype(c.dtype)
-      c = np.concatenate([c, np.repeat(c[:1], pad, 0)])
-      x = np.concatenate([x, np.repeat(x[:1], pad, 0)]).astype(c.dtype)
-      arrays = (c, x, w)
-      if radius is not None:
-        arrays += (np.concatenate([radius[start:start + b], np.zeros(pad)]).astype(c.dtype),)
-      batch = parallel.shard_batch(arrays, self.mesh)
+    arrays = (probs, np.asarray(images, probs.dtype))
+    if radius is not None:
+      arrays += (np.asarray(radius, probs.dtype),)
+    for start, n, batch in parallel.padded_batches(arrays, b, mesh=self.mesh):
+      c, x, *rad, w = batch
       key = jax.random.fold_in(jax.random.key(seed), start // b)
-      defended, loss = self.craft_fn(*batch[:3], key, *batch[3:], params=self.params,
+      defended, loss = self.craft_fn(c, x, w, key, *rad, params=self.params,
                                      target_grad=self.target_grad)
       out.append(np.asarray(defended)[:n])
       losses.append(np.asarray(loss)[:n])

@@ -181,11 +181,8 @@ def generate(state: dict, probs: np.ndarray, *, chunk: int = 1024) -> tuple[np.n
   """
   probs = np.asarray(probs, np.float32)
   out, finite = [], []
-  for start in range(0, len(probs), chunk):
-    c = probs[start:start + chunk]
-    n = len(c)
-    size = 1 << max(n - 1, 0).bit_length()
-    padded = np.concatenate([c, np.repeat(c[:1], size - n, 0)])
+  pow2 = lambda n: 1 << max(n - 1, 0).bit_length()
+  for _, n, (padded, _) in parallel.padded_batches((probs,), chunk, pad_to=pow2):
     res = state['fn'](state['params'], padded)
     out.append(np.asarray(res['defended'])[:n])
     finite.append(np.asarray(res['finite'])[:n])
