@@ -83,7 +83,7 @@ def evaluate_defense(setup: Setup, name: str, *, attackers=None) -> list[tuple[d
   # Step 7's source: the private data's clean (Definition 2) or defended vectors.
   private = splits.private_train
   source = setup.clean['private_train']
-  if getattr(module, 'REPLACES_CLASSIFIER', False):
+  if module.REPLACES_CLASSIFIER:
     # A retrained classifier (MID, BiDO) is the deployed model: its own outputs are the "clean"
     # vectors an attacker inverts; the undefended classifier's would be vectors it never serves.
     source = module.apply(state, source, images=private.images)

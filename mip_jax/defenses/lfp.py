@@ -26,6 +26,8 @@ from absl import logging
 from mip_jax import checkpoints, substitute
 from mip_jax.defenses import lpa
 
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+
 
 # ---------------------------------------------------------------- Algorithm 2: picking
 

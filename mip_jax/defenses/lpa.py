@@ -29,6 +29,8 @@ from mip_jax.defenses import feasible
 from mip_jax.losses import alignment
 from mip_jax.substitute import decoder_loss_fn, train_substitute
 
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+
 
 # ---------------------------------------------------------------- functional pieces
 

@@ -10,6 +10,8 @@ import dataclasses
 
 from mip_jax.defenses import lpa
 
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+
 
 def fit(setup) -> dict:
   """`lpa.fit` under config.lpa overridden by config.poi_mse."""

@@ -33,6 +33,8 @@ from mip_jax.losses import reconstruction
 from mip_jax.models import make_decoder
 from mip_jax.models.purifier import Purifier, purifier_widths
 
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+
 REFERENCES = ('private_test', 'attack_train')
 
 

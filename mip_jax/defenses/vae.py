@@ -35,6 +35,8 @@ from mip_jax.defenses import feasible, lpa
 from mip_jax.losses import alignment
 from mip_jax.models import vae as vae_model
 
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+
 STAGE = 'vae'
 # Rows whose candidate moves no entry by this much have a numerically 0/0 projection gradient.
 _STUCK = 1e-18
