@@ -54,6 +54,35 @@ def delta_optimizer(cfg) -> optax.GradientTransformation:
   return optax.chain(optax.scale_by_sign(), optax.adam(schedule))
 
 
+def alignment_objective(images, weights, *, params, target_grad, loss_fn, cfg):
+  """`objective(probs)`: Algorithm 1's alignment loss of candidate vectors for these queries."""
+  return functools.partial(
+      alignment.per_example_alignment_loss if cfg.mode == 'per_example' else alignment.alignment_loss,
+      loss_fn=loss_fn, params=params, images=images, target_grad=target_grad, weights=weights,
+      distance=cfg.distance)
+
+
+def crafting_round(delta: jnp.ndarray, opt_state, c: jnp.ndarray, eps, radius=None, *, objective,
+                   opt: optax.GradientTransformation):
+  """One round of Algorithm 1 (pure): the objective's gradient in delta through the projection,
+  the signed-Adam update, and the projection back into the feasible set.
+
+  Args:
+    delta: current perturbation [B, m]; opt_state: `opt`'s state; c: clean vectors [B, m];
+    eps: L2 radius (scalar or [B, 1]); radius: optional per-row radius [B] (rows of 0 are frozen).
+    objective: `alignment_objective(...)`; opt: `delta_optimizer(cfg)`.
+
+  Returns:
+    (new delta, new optimiser state).
+  """
+  g = jax.grad(lambda d: objective(feasible.project(c, c + d, eps)))(delta)
+  if radius is not None:  # frozen rows: their (0/0 at delta = 0) gradient is dropped
+    g = jnp.where(radius[:, None] > 0, g, 0.0)
+  updates, opt_state = opt.update(g, opt_state, delta)
+  delta = feasible.project(c, c + optax.apply_updates(delta, updates), eps) - c
+  return delta, opt_state
+
+
 def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: jax.Array,
                 radius: jnp.ndarray | None = None, *, params: Any, target_grad: Any, loss_fn,
                 cfg) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -74,10 +103,8 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
   eps = cfg.eps if radius is None else radius
   opt = delta_optimizer(cfg)
   per_example = cfg.mode == 'per_example'
-  objective = functools.partial(
-      alignment.per_example_alignment_loss if per_example else alignment.alignment_loss,
-      loss_fn=loss_fn, params=params, images=images, target_grad=target_grad, weights=weights,
-      distance=cfg.distance)
+  objective = alignment_objective(images, weights, params=params, target_grad=target_grad,
+                                  loss_fn=loss_fn, cfg=cfg)
 
   def row_losses(delta):
     probs = feasible.project(c, c + delta, eps)
@@ -96,13 +123,7 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
     state = opt.init(delta)
 
     def body(_, carry):
-      delta, state = carry
-      g = jax.grad(lambda d: objective(feasible.project(c, c + d, eps)))(delta)
-      if radius is not None:  # frozen rows: their (0/0 at delta = 0) gradient is dropped
-        g = jnp.where(radius[:, None] > 0, g, 0.0)
-      updates, state = opt.update(g, state, delta)
-      delta = feasible.project(c, c + optax.apply_updates(delta, updates), eps) - c
-      return delta, state
+      return crafting_round(*carry, c, eps, radius, objective=objective, opt=opt)
 
     delta, _ = jax.lax.fori_loop(0, cfg.steps, body, (delta, state))
     return delta, row_losses(delta)
