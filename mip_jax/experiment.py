@@ -58,11 +58,14 @@ def prepare(config, workdir: str, *, mesh=None) -> Setup:
                evaluator=evaluator, clean=clean, mesh=mesh)
 
 
-def evaluate_defense(setup: Setup, name: str, *, attackers=None) -> list[tuple[dict, np.ndarray]]:
+def evaluate_defense(setup: Setup, name: str, *, attackers=None,
+                     cell: str | None = None) -> list[tuple[dict, np.ndarray]]:
   """Protocol steps 4-7 for one defense, against each attacker; [(result row, reconstructions)].
 
   `attackers` lists adaptive attackers (attacks.adaptive: 'none', 'noise', 'softmax'); default
-  `[config.attack.adaptive]`. The defense is fitted and applied once for all of them.
+  `[config.attack.adaptive]`. The defense is fitted and applied once for all of them. `cell` (a
+  short key of the defense's settings) suffixes the attacker stages, so a sweep over a defense's
+  settings in one workdir gives each setting its own cached attacker (`mip_jax.paper`).
   """
   config, splits = setup.config, setup.splits
   attackers = list(attackers or [config.attack.adaptive])
@@ -101,6 +104,7 @@ def evaluate_defense(setup: Setup, name: str, *, attackers=None) -> list[tuple[d
     # Steps 5-6: the attacker trains a fresh decoder on (received vector, query image) pairs.
     z = np.asarray(transforms.attacker_input(received, config.attack))
     stage = f'attacker_{name}' if kind == 'none' else f'attacker_{name}_{kind}'
+    stage += f'_{cell}' if cell else ''
     decoder = stages.train_decoder(config, z, queries.images, workdir=setup.workdir,
                                    stage=stage, seed=config.seed + 2, mesh=setup.mesh,
                                    fingerprint_extra=data_fingerprint(config))

@@ -114,7 +114,7 @@ def fit(setup) -> dict:
   cfg = config.lfp
   check_config(cfg)
   state = {'cfg': cfg, 'seed': config.seed, 'workdir': setup.workdir, 'crafter': None,
-           'tag': checkpoints.fingerprint([cfg.to_dict(), config.seed])}
+           'tag': checkpoints.fingerprint([lpa.cache_tag(config, cfg), config.seed])}
   if cfg.steps > 0 and cfg.eps > 0 and cfg.budget > 0:
     model, variables = substitute.train_substitute(setup)
     loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'], config.attack, cfg.loss)

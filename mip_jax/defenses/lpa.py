@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from mip_jax import checkpoints, parallel
+from mip_jax import checkpoints, parallel, substitute
 from mip_jax.defenses import feasible
 from mip_jax.losses import alignment
 from mip_jax.substitute import decoder_loss_fn, train_substitute
@@ -194,7 +194,13 @@ def fit(setup) -> dict:
   crafter = Crafter(model=model, variables=variables, target_grad=g_t, config=setup.config,
                     mesh=setup.mesh)
   return {'crafter': crafter, 'workdir': setup.workdir, 'seed': setup.config.seed,
-          'tag': checkpoints.fingerprint(setup.config.lpa.to_dict())}
+          'tag': cache_tag(setup.config, setup.config.lpa)}
+
+
+def cache_tag(config, section) -> str:
+  """Names crafted vectors in the perturbation cache: the crafting settings and the substitute."""
+  return checkpoints.fingerprint([section.to_dict(), substitute.stage_name(config),
+                                  substitute.decoder_section(config).to_dict()])
 
 
 def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:
