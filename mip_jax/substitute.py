@@ -7,7 +7,7 @@ default I_sub is the attacker's architecture and loss trained on all of the atta
 paper's experiments vary it: Table II the loss, Table III the half of the query data it sees,
 Table IV its depth and width (`extra_blocks` adds stride-1 blocks: depth not tied to image size).
 
-  model, variables = train_substitute(setup)                  # stage 'substitute' (cached)
+  model, variables = train_substitute(setup)                  # stage 'substitute_<hash>'
   model, variables = train_substitute(setup, section, seed=7) # another member, its own stage
   loss_fn = decoder_loss_fn(model, variables['batch_stats'], config.attack, 'mse')
 
@@ -45,15 +45,13 @@ def decoder_section(config, section=None) -> ml_collections.ConfigDict:
 
 
 def stage_name(config, section=None, seed: int | None = None) -> str:
-  """'substitute' for the default substitute; 'substitute_<hash>' for any other section or seed, so
-  several substitutes (Table II-IV cells, an ensemble) share one workdir without clashing."""
+  """'substitute_<hash>' of what defines I_sub (resolved architecture, loss, training, data, seed):
+  equal substitutes share a stage whichever cell asks for them, different ones never clash, so
+  several substitutes (the cells of Tables II-IV, an ensemble) live in one workdir."""
   section = config.substitute if section is None else section
-  changed = {k: v for k, v in section.to_dict().items()
-             if v is not None and not (k == 'data' and v == 'all')
-             and not (k == 'extra_blocks' and v == 0)}
-  if seed is not None and seed != config.seed + SEED_OFFSET:
-    changed['seed'] = seed
-  return 'substitute' if not changed else f'substitute_{checkpoints.fingerprint(changed)[:8]}'
+  seed = config.seed + SEED_OFFSET if seed is None else int(seed)
+  key = [decoder_section(config, section).to_dict(), section.data, seed]
+  return f'substitute_{checkpoints.fingerprint(key)[:8]}'
 
 
 def train_substitute(setup, section=None, *, seed: int | None = None):

@@ -33,7 +33,10 @@ def with_substitute(setup, **fields):
 def test_default_substitute_is_the_attackers_decoder(setup):
   dec = substitute.decoder_section(setup.config)
   assert dec.to_dict() == setup.config.decoder.to_dict()
-  assert substitute.stage_name(setup.config) == 'substitute'
+  assert substitute.stage_name(setup.config).startswith('substitute_')
+  # The same resolved substitute has the same stage, however it is spelled.
+  spelled = with_substitute(setup, width=setup.config.decoder.width, loss='mse').config
+  assert substitute.stage_name(spelled) == substitute.stage_name(setup.config)
 
 
 def test_configured_substitute_differs_in_parameters_loss_and_stage(setup):
@@ -49,10 +52,11 @@ def test_configured_substitute_differs_in_parameters_loss_and_stage(setup):
   assert num_params(variables) > 2 * num_params(att_vars)
   # Its own stage: the default substitute's stage is left alone.
   name = substitute.stage_name(wide.config)
-  assert name.startswith('substitute_') and name != 'substitute'
+  assert name.startswith('substitute_') and name != substitute.stage_name(config)
   assert os.path.isdir(os.path.join(setup.workdir, 'checkpoints', name))
   # Another seed (an ensemble member) is yet another stage.
-  assert substitute.stage_name(config, seed=config.seed + 10) not in ('substitute', name)
+  assert substitute.stage_name(config, seed=config.seed + 10) not in (
+      substitute.stage_name(config), name)
 
 
 def test_psnr_and_mse_substitute_losses_differ(setup):
