@@ -56,6 +56,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.decoder.b2 = 0.999
   c.decoder.loss = 'mse'                # 'mse' or 'psnr' (Table II)
   c.decoder.impl = 'auto'               # transposed conv: 'gemm' (fast on CPU), 'lax', 'auto' (by platform)
+  c.decoder.extra_blocks = 0            # stride-1 blocks before the output layer (deeper, same size)
+
+  # The defender's substitute decoder I_sub (mip_jax/substitute.py). None: the attacker's setting in
+  # c.decoder. Tables II-IV vary it: loss, the half of the queries it sees, depth and width.
+  c.substitute = ml_collections.ConfigDict()
+  c.substitute.width = ml_collections.config_dict.placeholder(int)
+  c.substitute.blocks = ml_collections.config_dict.placeholder(int)
+  c.substitute.extra_blocks = ml_collections.config_dict.placeholder(int)
+  c.substitute.loss = ml_collections.config_dict.placeholder(str)  # training loss 'mse' / 'psnr'
+  c.substitute.epochs = ml_collections.config_dict.placeholder(int)
+  c.substitute.batch_size = ml_collections.config_dict.placeholder(int)
+  c.substitute.learning_rate = ml_collections.config_dict.placeholder(float)
+  c.substitute.data = 'all'             # attack queries it trains on: 'all', 'half1', 'half2'
 
   # What the attacker feeds its decoder (Yang et al.): 'log' (log-probs, top-k truncated) or 'prob'.
   c.attack = ml_collections.ConfigDict()
@@ -67,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.attack.adaptive_noise_std = 1e-3    # std of the 'noise' adaptive attacker
   c.attack.floor = 1e-8                 # the zero-robust 'floor' attacker clamps probabilities here
                                         # before the log transform (an exact 0 is then just tiny)
+  c.attack.data = 'all'                 # queries the attacker sends: 'all', 'half1', 'half2' (Table III)
 
   # LPA crafting (Algorithm 1; Witches' Brew optimiser).
   c.lpa = ml_collections.ConfigDict()

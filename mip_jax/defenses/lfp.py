@@ -21,8 +21,10 @@ by about r (less with `swap`), as in the paper's Table I.
 import numpy as np
 from absl import logging
 
-from mip_jax import checkpoints
+from mip_jax import checkpoints, substitute
 from mip_jax.defenses import cache, lpa
+
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 
 
 # ---------------------------------------------------------------- Algorithm 2: picking
@@ -111,9 +113,9 @@ def fit(setup) -> dict:
   check_config(cfg)
   state = {'cfg': cfg, 'seed': config.seed, 'workdir': setup.workdir, 'crafter': None}
   if cfg.steps > 0 and cfg.eps > 0 and cfg.budget > 0:
-    model, variables = lpa.train_substitute(setup)
-    loss_fn = lpa.decoder_loss_fn(model, variables['batch_stats'], config.attack, cfg.loss,
-                                  cfg.batchnorm)
+    model, variables = substitute.train_substitute(setup)
+    loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'], config.attack, cfg.loss,
+                                         cfg.batchnorm)
     g_t = lpa.target_gradient(loss_fn, variables['params'], setup.clean['private_train'],
                               setup.splits.private_train.images)
     state['crafter'] = lpa.Crafter(model=model, variables=variables, target_grad=g_t,

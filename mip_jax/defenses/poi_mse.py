@@ -10,10 +10,9 @@ import dataclasses
 
 from mip_jax.defenses import lpa
 
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)
 
-# The feasible map keeps every argmax: model accuracy is the clean model's (experiment skips
-# crafting the private test vectors for it).
-LABEL_PRESERVING = True
 
 def fit(setup) -> dict:
   """`lpa.fit` under config.lpa overridden by config.poi_mse."""

@@ -13,10 +13,9 @@ import numpy as np
 
 from mip_jax.defenses import space as _space
 
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)
 
-# The feasible map keeps every argmax: model accuracy is the clean model's (experiment skips
-# crafting the private test vectors for it).
-LABEL_PRESERVING = True
 
 def fit(setup) -> dict:
   """Nothing is trained; checks config.lpa's crafting space."""
