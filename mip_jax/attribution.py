@@ -111,7 +111,35 @@ def run(config, workdir: str, *, seeds=(0,), rows=MAIN, attackers=ATTACKERS,
   text = markdown(config.dataset, mean, paired, attackers, seeds)
   report.atomic_write(os.path.join(workdir, f'{name}.json'), json.dumps(doc, indent=2, default=float))
   report.atomic_write(os.path.join(workdir, f'{name}.md'), text)
+  save_figure(os.path.join(workdir, f'{name}.png'), mean, attackers,
+              title=f'{config.dataset}, seeds {", ".join(map(str, seeds))}')
   return {'rows': mean, 'paired': paired, 'table': text}
+
+
+def save_figure(path: str, rows: list[dict], attackers, *, title: str) -> None:
+  """Attack accuracy and reconstruction error per row, one bar per attacker, std over seeds."""
+  import matplotlib.pyplot as plt  # report sets the Agg backend
+  labels = list(dict.fromkeys(r.get('label', r['defense']) for r in rows))
+  by = {(r.get('label', r['defense']), r['attacker']): r for r in rows}
+  fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(labels) * 2), 4.2))
+  width = 0.8 / len(attackers)
+  for ax, metric, scale, name in ((axes[0], 'attack_acc', 100, 'attack accuracy (%)'),
+                                  (axes[1], 'recon_error', 1, 'reconstruction error (MSE)')):
+    for i, a in enumerate(attackers):
+      vals = [scale * by[(l, a)][metric] for l in labels]
+      errs = [scale * by[(l, a)].get(metric + '_std', 0.0) for l in labels]
+      xs = np.arange(len(labels)) + (i - (len(attackers) - 1) / 2) * width
+      ax.bar(xs, vals, width, yerr=errs, capsize=2, label=f'{ATTACKER_NAMES.get(a, a)} attacker')
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=30, ha='right', fontsize=8)
+    ax.set_ylabel(name)
+  ceiling = np.mean([r['evaluator_acc'] for r in rows if 'evaluator_acc' in r])
+  axes[0].axhline(100 * ceiling, color='grey', ls=':', lw=1, label='evaluator on real images')
+  axes[0].legend(fontsize=7, loc='lower left', bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False)
+  fig.suptitle(title, x=0.75)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
 
 
 def paired_differences(per_seed: list[list[dict]], attackers) -> list[dict]:
