@@ -77,6 +77,17 @@ ABLATION = (
         lpa__ensemble_vary='arch'),
     row('restarts 4', 'lpa', lpa__space='log', lpa__restarts=4),
 )
+def select(rows, labels=None) -> tuple:
+  """The rows of `rows` whose label is in `labels` (all when None); an unknown label is an error."""
+  if labels is None:
+    return tuple(rows)
+  known = [r.label for r in rows]
+  unknown = [l for l in labels if l not in known]
+  if unknown:
+    raise ValueError(f'unknown rows {unknown}; this table has: {", ".join(known)}')
+  return tuple(r for r in rows if r.label in labels)
+
+
 TABLES = {'attribution': MAIN, 'ablation': ABLATION}
 
 
