@@ -4,6 +4,10 @@ A stage (classifier, eval_classifier, attacker_none, ...) is saved after every e
 record of its progress and of the config it was trained with. A rerun with the same workdir loads a
 finished stage instead of training it again, and resumes an unfinished one from its last epoch. A stage
 trained under another config is refused (not silently reused): results would otherwise mix configs.
+
+With several JAX processes every process constructs the same `StageCheckpoint` and calls `save` and
+`restore` together (Orbax synchronises them; the primary process writes the metadata and the
+replicated arrays once); `restore(..., sharding=...)` places the arrays on the global mesh.
 """
 
 import hashlib
@@ -14,6 +18,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from mip_jax import parallel
 
 
 def fingerprint(cfg: Any) -> str:
@@ -28,6 +34,20 @@ def array_fingerprint(array) -> str:
   """Hash of an array's float32 values rounded to 6 decimals (stable across devices' last-bit noise)."""
   data = np.round(np.asarray(array, np.float64), 6).astype(np.float32)
   return hashlib.sha256(data.tobytes() + str(data.shape).encode()).hexdigest()[:16]
+
+
+def save_arrays(path: str, **arrays) -> None:
+  """Saves arrays to `path` (.npz) write-then-rename, by process 0 only; all processes wait for it.
+
+  For crafted perturbations and other cached results every process computed alike: one writer, and
+  an interrupted run never leaves a half-written file that a rerun would load.
+  """
+  def write():
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+  parallel.on_main_process(write, path)
 
 
 class StageMismatchError(RuntimeError):
@@ -71,10 +91,15 @@ class StageCheckpoint:
         state=ocp.args.StandardSave(jax.device_get(state)), meta=ocp.args.JsonSave(meta)))
     self._manager.wait_until_finished()
 
-  def restore(self, abstract_state: Any) -> Any:
-    """Newest saved state, with the structure (and optax NamedTuples) of `abstract_state`."""
+  def restore(self, abstract_state: Any, *, sharding: jax.sharding.Sharding | None = None) -> Any:
+    """Newest saved state, with the structure (and optax NamedTuples) of `abstract_state`.
+
+    `sharding` places every restored array (e.g. `parallel.replicated(mesh)`); with several
+    processes it must be given, since each process then restores only its devices' part.
+    """
     step = self._manager.latest_step()
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          abstract_state)
     return self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
 

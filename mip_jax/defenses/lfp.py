@@ -143,8 +143,6 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
   defended, losses = state['crafter'](centre, images, seed=state['seed'], radius=radius)
   logging.info('LFP poisoned %d of %d vectors: mean alignment loss %.4f', int(mask.sum()),
                len(probs), float(np.mean(losses[mask])))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, defended=defended, reversed=centre, clean=probs, picked=mask, alignment_loss=losses)
-  os.replace(tmp, path)
+  checkpoints.save_arrays(path, defended=defended, reversed=centre, clean=probs, picked=mask,
+                          alignment_loss=losses)
   return defended

@@ -155,7 +155,9 @@ class Crafter:
     loss_fn = decoder_loss_fn(model, variables['batch_stats'], config.attack, self.cfg.loss)
     self.params = parallel.replicate(variables['params'], self.mesh)
     self.target_grad = parallel.replicate(target_grad, self.mesh)
-    self.craft_fn = jax.jit(functools.partial(craft_batch, loss_fn=loss_fn, cfg=self.cfg))
+    # Replicated outputs: with several processes every one of them reads the whole crafted batch.
+    self.craft_fn = jax.jit(functools.partial(craft_batch, loss_fn=loss_fn, cfg=self.cfg),
+                            out_shardings=parallel.replicated(self.mesh))
 
   def __call__(self, probs: np.ndarray, images: np.ndarray, *, seed: int,
                radius: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -221,8 +223,6 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
       return f['defended']
   defended, losses = state['crafter'](probs, images, seed=state['seed'])
   logging.info('LPA crafted %d vectors: mean alignment loss %.4f', len(probs), float(np.mean(losses)))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, defended=defended, delta=defended - probs, clean=probs, alignment_loss=losses)
-  os.replace(tmp, path)
+  checkpoints.save_arrays(path, defended=defended, delta=defended - probs, clean=probs,
+                          alignment_loss=losses)
   return defended
