@@ -124,3 +124,28 @@ def test_local_rows_and_shard_batch_check_the_batch():
   assert parallel.local_rows(4 * n, mesh) == slice(0, 4 * n)  # one process holds every row
   with pytest.raises(ValueError, match='differ in length'):
     parallel.shard_batch((np.zeros(2 * n), np.zeros(n)), mesh)
+
+
+def test_scaling_benchmark_prints_ratios_on_fake_devices(tmp_path):
+  """benchmarks/scaling.py on 2 fake CPU devices (they share cores: the figures test the script)."""
+  env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  out = tmp_path / 'scaling.json'
+  r = subprocess.run([sys.executable, '-m', 'benchmarks.scaling', '--config=configs/digits.py:tiny',
+                      '--per_device_batch=16', '--repeats=1', f'--json_out={out}'], cwd=ROOT,
+                     env=env, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  doc = json.load(open(out))
+  assert [(row['devices'], row['batch_size']) for row in doc['rows']] == [(1, 16), (2, 32)]
+  first, second = doc['rows']
+  assert first['speedup'] == 1.0 and first['efficiency'] == 1.0
+  assert second['speedup'] == pytest.approx(second['vectors_per_s'] / first['vectors_per_s'])
+  assert second['efficiency'] == pytest.approx(second['speedup'] / 2)
+  assert all(row['vectors_per_s'] > 0 for row in doc['rows'])
+  assert '| 2 | 32 |' in r.stdout and 'weak scaling' in r.stdout
+
+
+def test_device_counts_double_up_to_what_is_there():
+  from mip_jax import benchmarking
+  assert benchmarking.device_counts(1) == [1]
+  assert benchmarking.device_counts(8) == [1, 2, 4, 8]
+  assert benchmarking.device_counts(6) == [1, 2, 4, 6]

@@ -75,6 +75,8 @@ def experiment(out_dir: str, *, load_only: bool):
   sys.addaudithook(audit)
   config = digits.get_config('tiny')
   config.data_dir = os.path.join(out_dir, 'tfds')
+  # One epoch per stage: every stage still trains, saves and restores; fewer collective saves.
+  config.classifier.epochs = config.eval_classifier.epochs = config.decoder.epochs = 1
   if load_only:
     with train.load_only():
       result = protocol.run(config, workdir, defenses_to_run=('none', 'lpa'))
