@@ -19,8 +19,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mip_jax import parallel
-
 
 def fingerprint(cfg: Any) -> str:
   """Stable short hash of the config fields a stage depends on (a dict / ConfigDict / JSON-able)."""
@@ -36,18 +34,15 @@ def array_fingerprint(array) -> str:
   return hashlib.sha256(data.tobytes() + str(data.shape).encode()).hexdigest()[:16]
 
 
-def save_arrays(path: str, **arrays) -> None:
-  """Saves arrays to `path` (.npz) write-then-rename, by process 0 only; all processes wait for it.
-
-  For crafted perturbations and other cached results every process computed alike: one writer, and
-  an interrupted run never leaves a half-written file that a rerun would load.
-  """
-  def write():
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + '.tmp.npz'
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-  parallel.on_main_process(write, path)
+def exact_fingerprint(*trees) -> str:
+  """Hash of the exact bytes of every array leaf of `trees` (cache keys of crafted vectors, which
+  depend on entries far below array_fingerprint's 6 decimals)."""
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(trees):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(str((a.dtype, a.shape)).encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
 
 
 class StageMismatchError(RuntimeError):

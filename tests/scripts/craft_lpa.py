@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import digits
-from mip_jax import parallel
+from mip_jax import parallel, substitute
 from mip_jax.defenses import lpa
 from mip_jax.models import make_decoder
 
@@ -29,7 +29,7 @@ def problem(mode: str):
   # Jitted: one compilation instead of one per initialiser op (most of this script's time).
   variables = jax.jit(lambda k, x: model.init(k, x, train=False))(jax.random.key(0),
                                                                   jnp.asarray(probs[:1]))
-  loss_fn = lpa.decoder_loss_fn(model, variables['batch_stats'], c.attack)
+  loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'], c.attack)
   g_t = lpa.target_gradient(loss_fn, variables['params'], probs[:8], images[:8])
   return c, model, variables, g_t, probs, images
 

@@ -37,6 +37,7 @@ def equality(out_dir: str):
   jax.config.update('jax_enable_x64', True)
   import numpy as np
   from mip_jax import checkpoints, parallel, stages, train
+  from mip_jax.defenses import cache
   from tests.scripts import craft_lpa
   # The paper's aggregate mode: one cosine over the batch-mean gradient, reduced across processes.
   c, model, variables, g_t, probs, images = craft_lpa.problem('aggregate')
@@ -56,7 +57,7 @@ def equality(out_dir: str):
     out[f'decoder_{i}'] = leaf
   out['devices'] = np.asarray(jax.device_count())
   out['processes'] = np.asarray(jax.process_count())
-  checkpoints.save_arrays(os.path.join(out_dir, 'equality.npz'), **out)
+  cache.save_arrays(os.path.join(out_dir, 'equality.npz'), out)
 
 
 def experiment(out_dir: str, *, load_only: bool):
