@@ -23,7 +23,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_processes(task: str, out_dir, *, processes: int, devices: int, timeout: float = 240,
+def run_processes(task: str, out_dir, *, processes: int, devices: int, timeout: float = 480,
                   cache_dir=None) -> float:
   """Starts `processes` JAX processes with `devices` CPU devices each; returns the wall seconds.
 
