@@ -60,9 +60,13 @@ def run_protocol(defenses, attackers=None) -> None:
       result = experiment.run(config, workdir, defenses_to_run=defenses, attackers=attackers)
   except DatasetNotFoundError as e:
     sys.exit(f'error: {e}')
-  if jax.process_index() == 0:  # process 0 wrote the files; the others would print the same
+  if is_main_process():  # process 0 wrote the files; the others would print the same
     print(result['table'])
     print(f'results written to {workdir}')
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0
 
 
 def log_devices() -> None:
