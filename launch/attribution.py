@@ -27,6 +27,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   for kind in ATTACKERS.value:
     adaptive.check(kind)
+  common.join_cluster()
   common.log_devices()
   config = common.CONFIG.value
   workdir = common.workdir_for(config)
@@ -34,8 +35,9 @@ def main(argv):
   rows = attribution.select(attribution.TABLES[TABLE.value], ROWS.value)
   result = attribution.run(config, workdir, seeds=seeds, rows=rows,
                            attackers=tuple(ATTACKERS.value), name=TABLE.value)
-  print(result['table'])
-  print(f'{TABLE.value}.md and .json written to {workdir}')
+  if common.is_main_process():
+    print(result['table'])
+    print(f'{TABLE.value}.md and .json written to {workdir}')
 
 
 if __name__ == '__main__':

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from mip_jax import experiment, report
+from mip_jax import experiment, parallel, report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +120,10 @@ def run(config, workdir: str, *, seeds=(0,), rows=MAIN, attackers=ATTACKERS,
   text = markdown(config.dataset, mean, paired, attackers, seeds)
   report.atomic_write(os.path.join(workdir, f'{name}.json'), json.dumps(doc, indent=2, default=float))
   report.atomic_write(os.path.join(workdir, f'{name}.md'), text)
-  save_figure(os.path.join(workdir, f'{name}.png'), mean, attackers,
-              title=f'{config.dataset}, seeds {", ".join(map(str, seeds))}')
+  figure = os.path.join(workdir, f'{name}.png')
+  parallel.on_main_process(lambda: save_figure(
+      figure, mean, attackers, title=f'{config.dataset}, seeds {", ".join(map(str, seeds))}'),
+      figure)
   return {'rows': mean, 'paired': paired, 'table': text}
 
 
