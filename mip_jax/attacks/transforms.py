@@ -24,6 +24,7 @@ def truncate_top_k(probs: jnp.ndarray, k: int | None) -> jnp.ndarray:
 
 
 LOG_OFFSET = 50.0
+TRANSFORMS = ('log', 'prob')  # names of attack.transform
 
 
 def log_transform(probs: jnp.ndarray, *, top_k: int | None = None,
@@ -48,4 +49,4 @@ def attacker_input(probs: jnp.ndarray, attack_cfg) -> jnp.ndarray:
     return log_transform(probs, top_k=attack_cfg.top_k, floor=attack_cfg.log_floor)
   if attack_cfg.transform == 'prob':
     return prob_transform(probs, top_k=attack_cfg.top_k)
-  raise ValueError(f"unknown attack.transform {attack_cfg.transform!r}; known: 'log', 'prob'")
+  raise ValueError(f'unknown attack.transform {attack_cfg.transform!r}; known: {TRANSFORMS}')

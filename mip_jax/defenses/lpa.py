@@ -28,6 +28,8 @@ from mip_jax.attacks import transforms
 from mip_jax.defenses import feasible
 from mip_jax.losses import alignment, reconstruction
 
+MODES = ('aggregate', 'per_example')  # lpa.mode / lfp.mode: one batch cosine, or one per example
+
 
 # ---------------------------------------------------------------- functional pieces
 
@@ -147,8 +149,8 @@ class Crafter:
   def __init__(self, *, model, variables, target_grad, config, mesh=None, section=None):
     self.cfg = config.lpa if section is None else section
     self.mesh = mesh or parallel.data_mesh()
-    if self.cfg.mode not in ('aggregate', 'per_example'):
-      raise ValueError(f"lpa.mode must be 'aggregate' or 'per_example', got {self.cfg.mode!r}")
+    if self.cfg.mode not in MODES:
+      raise ValueError(f'lpa.mode must be one of {MODES}, got {self.cfg.mode!r}')
     if self.cfg.batch_size % self.mesh.devices.size:
       raise ValueError(f'lpa.batch_size={self.cfg.batch_size} must be a multiple of the '
                        f'{self.mesh.devices.size} devices')
