@@ -24,7 +24,7 @@ from absl import logging
 from flax import struct
 from tqdm import tqdm
 
-from mip_jax import parallel
+from mip_jax import killpoints, parallel
 from mip_jax.checkpoints import StageCheckpoint
 
 
@@ -139,6 +139,7 @@ def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, e
   step = jax.jit(step_fn, donate_argnums=0)
   key = jax.random.key(seed)
   for epoch in range(start, epochs):
+    killpoints.reached(f'{desc}:epoch:{epoch + 1}')
     batches = epoch_batches(num, batch_size, seed=seed, epoch=epoch)
     bar = tqdm(batches, desc=f'{desc} {epoch + 1}/{epochs}', leave=False, disable=None)
     losses = []

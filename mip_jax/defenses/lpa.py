@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from mip_jax import checkpoints, parallel, stages
+from mip_jax import checkpoints, killpoints, parallel, stages
 from mip_jax.attacks import transforms
 from mip_jax.defenses import feasible
 from mip_jax.losses import alignment, reconstruction
@@ -168,6 +168,7 @@ class Crafter:
     b = self.cfg.batch_size
     out, losses = [], []
     for start in range(0, len(probs), b):
+      killpoints.reached(f'craft:batch:{start // b}')
       c, x = probs[start:start + b], images[start:start + b]
       n = len(c)
       pad = b - n  # pad with copies of row 0 at weight 0: same shape, no recompilation
@@ -226,5 +227,6 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + '.tmp.npz'
   np.savez(tmp, defended=defended, delta=defended - probs, clean=probs, alignment_loss=losses)
+  killpoints.reached('lpa:write')
   os.replace(tmp, path)
   return defended
