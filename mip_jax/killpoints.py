@@ -9,8 +9,10 @@ or an OOM kill) and reruns the same command. Points:
   craft:batch:<k>     LPA/LFP crafting is about to craft batch k (0-based) of a call
   lpa:write           LPA's crafted vectors are in the temporary file, not yet renamed into place
 Unset (the normal case) it costs one environment lookup per point.
+
 """
 
+import fnmatch
 import os
 import signal
 
@@ -18,6 +20,8 @@ ENV = 'MIP_JAX_KILL_AT'
 
 
 def reached(point: str) -> None:
-  """Kills this process with SIGKILL when `point` is the one named by $MIP_JAX_KILL_AT."""
-  if os.environ.get(ENV) == point:
+  """Kills this process with SIGKILL when `point` matches $MIP_JAX_KILL_AT (a shell-style pattern:
+  `substitute*:save:1` matches whatever hash names the substitute stage)."""
+  wanted = os.environ.get(ENV)
+  if wanted and fnmatch.fnmatchcase(point, wanted):
     os.kill(os.getpid(), signal.SIGKILL)
