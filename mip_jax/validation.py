@@ -29,8 +29,8 @@ from typing import Any, Callable
 from mip_jax import defenses
 from mip_jax.attacks import adaptive, transforms
 from mip_jax.data import KNOWN_DATASETS
-from mip_jax.data.splits import CLASS_COUNTS
-from mip_jax.defenses import lpa, purification
+from mip_jax.data.splits import CLASS_COUNTS, QUERY_PARTS
+from mip_jax.defenses import lpa, purification, space
 from mip_jax.losses import alignment, hsic, reconstruction
 from mip_jax.models import conv_transpose
 from mip_jax.models.decoder import check_geometry
@@ -102,8 +102,9 @@ MODES = one_of(lambda: lpa.MODES)
 DISTANCES = one_of(lambda: alignment.DISTANCES)
 LOSSES = one_of(lambda: reconstruction.LOSSES)
 
-# Checked in this order; every matching pattern applies. A pattern that matches no field is ignored,
-# so a rule may wait for its field. Fields without a rule still get the type check.
+# Every matching pattern applies. A pattern that matches no field is ignored, so a rule may wait for
+# its field. Fields without a rule still get the type check. None skips the rules: whether a field
+# may be None (a placeholder such as substitute.width, "inherit") is the type check's decision.
 RULES: dict[str, tuple[Rule, ...]] = {
     'dataset': (one_of(lambda: KNOWN_DATASETS),),
     'image_size': (above(0),),
@@ -127,16 +128,25 @@ RULES: dict[str, tuple[Rule, ...]] = {
     '*classifier.hidden_mult': (POSITIVE,),
     '*classifier.dropout': (within(0, 1, open_hi=True),),
     'decoder.width': (POSITIVE,),
-    'decoder.blocks': (one_of(lambda: range(2, 9)),),  # 16 to 1024 pixels
+    '*.blocks': (one_of(lambda: range(2, 9)),),  # 16 to 1024 pixels
+    '*.extra_blocks': (NON_NEGATIVE,),
     'decoder.b1': (within(0, 1, open_hi=True),),
     'decoder.b2': (within(0, 1, open_hi=True),),
     'decoder.impl': (one_of(lambda: typing.get_args(conv_transpose.Impl)),),
-    'attack.transform': (one_of(lambda: transforms.TRANSFORMS),),
+    '*.transform': (one_of(lambda: transforms.TRANSFORMS),),
+    '*.data': (one_of(lambda: QUERY_PARTS),),
+    'attack.floor': (UNIT_OPEN,),
     'attack.top_k': (optional(above(0)),),
     'attack.log_floor': (lambda v: None if _number(v) and -math.inf < v < 0 else 'must be < 0',),
     'attack.reconstruct_from': (one_of(lambda: ('clean', 'defended')),),
-    'attack.adaptive': (one_of(lambda: adaptive.ADAPTIVE),),
+    'attack.adaptive': (one_of(lambda: adaptive.ATTACKERS),),
     'attack.adaptive_noise_std': (NON_NEGATIVE,),
+    '*.space': (one_of(lambda: space.SPACES),),
+    '*.log_bound': (POSITIVE,),
+    '*.batchnorm': (one_of(lambda: ('eval', 'train')),),
+    '*.objective': (one_of(lambda: lpa.OBJECTIVES),),
+    'lpa.ensemble_size': (at_least(1),),
+    'lpa.ensemble_vary': (one_of(lambda: ('seed', 'arch')),),
     'lfp.budget': (within(0, 1, open_lo=True),),
     'lfp.threshold': (within(0, 1, open_lo=True),),
     'lfp.eps': (NON_NEGATIVE,),  # 0: reversal only (lfp.py)
@@ -259,10 +269,16 @@ def problems(config, *, defaults=None, devices: int | None = None) -> list[str]:
         problem = _type_problem(values[path], default, declared[path])
         if problem:
           found.append(_problem(path, values[path], problem))
+  else:  # the config's own declared types: None only where it declares a placeholder
+    for path, declared in _leaf_types(config).items():
+      if values[path] is None and declared is type(None):
+        found.append(f'config.{path} is None but is no placeholder: change --config.{path}')
   if found:  # rules assume the types are right
     return found
   for pattern, rules in RULES.items():
     for path in fnmatch.filter(values, pattern):
+      if values[path] is None:
+        continue
       for rule in rules:
         try:
           problem = rule(values[path])
@@ -302,7 +318,7 @@ def _cross_checks(config, values: dict, devices: int | None) -> list[str]:
       found.append(_problem(path, values[path], f'must be <= {m}, the number of private classes'))
   if devices:
     for path in fnmatch.filter(values, '*.batch_size'):
-      if values[path] % devices:
+      if values[path] is not None and values[path] % devices:
         found.append(_problem(path, values[path], f'must be a multiple of the {devices} devices '
                               '(each step splits its batch over them)'))
   return found

@@ -17,7 +17,7 @@ from mip_jax import killpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # In run order: mid classifier stage, mid decoder checkpoint write, crafted but not yet in place.
-KILL_POINTS = ('classifier:epoch:2', 'substitute:save:1', 'lpa:write')
+KILL_POINTS = ('classifier:epoch:2', 'substitute*:save:1', 'lpa:write')
 TIMING = ('defend_seconds',)  # wall-clock fields differ between any two runs
 
 
@@ -61,7 +61,7 @@ def test_a_run_killed_at_any_point_resumes_to_an_uninterrupted_runs_results(tmp_
     assert not (workdir / 'results.json').exists()
     left[point] = half_written(workdir)
   # The kills really hit the middle of a write: a checkpoint and a perturbation file half done.
-  assert any('substitute' in p and 'tmp' in p for p in left['substitute:save:1']), left
+  assert any('substitute' in p and 'tmp' in p for p in left['substitute*:save:1']), left
   assert any(p.endswith('.tmp.npz') for p in left['lpa:write']), left
   r = compare(workdir, data_dir, cache)
   assert r.returncode == 0, r.stderr[-3000:]

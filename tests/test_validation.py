@@ -2,6 +2,7 @@
 unknown keys name the closest fields, launchers exit before reading data, and random overrides
 never crash the check itself (hypothesis)."""
 
+import fnmatch
 import os
 import subprocess
 import sys
@@ -58,6 +59,10 @@ BAD = [  # (field, value, words the sentence must hold)
     ('decoder.loss', 'l1', "'mse', 'psnr'"),
     ('attack.transform', 'logs', "did you mean 'log'"),
     ('attack.adaptive', 'nosie', "did you mean 'noise'"),
+    ('lpa.space', 'logg', "did you mean 'log'"),
+    ('substitute.blocks', 9, 'must be one of'),
+    ('attack.floor', 0.0, 'must lie in (0, 1)'),
+    ('attack.data', 'half3', 'must be one of'),
     ('decoder.impl', 'cudnn', 'must be one of'),
     ('dataset', 'mnits', "did you mean 'mnist'"),
     ('channels', 2, 'must be one of 1, 3'),
@@ -117,14 +122,15 @@ def test_unknown_and_missing_keys():
 
 
 def test_a_new_field_without_a_rule_is_checked_against_its_default_type():
-  """What another issue adds to configs/common.py (here `lpa.space`) is typed from its default."""
+  """A field someone adds to configs/common.py (here `lpa.novel`) is typed from its default."""
+  assert not any(fnmatch.fnmatch('lpa.novel', pattern) for pattern in validation.RULES)
   defaults = tiny()
   with defaults.unlocked():
-    defaults.lpa.space = 'prob'
+    defaults.lpa.novel = 'prob'
   config = ml_collections.ConfigDict(defaults.to_dict(), type_safe=False)
   validation.check(config, defaults=defaults)
-  config.lpa.space = 3
-  with pytest.raises(ConfigError, match=r"config.lpa.space=3 must be a string"):
+  config.lpa.novel = 3
+  with pytest.raises(ConfigError, match=r"config.lpa.novel=3 must be a string"):
     validation.check(config, defaults=defaults)
 
 

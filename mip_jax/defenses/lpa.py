@@ -1,10 +1,13 @@
 """LPA: label-preserving poisoning of every served vector (the paper's Algorithm 1).
 
-  1. A substitute decoder I_sub is trained on clean (T(x), x), x in the attacker's queries (a stage).
+  1. A substitute decoder I_sub is trained on clean (T(x), x), x in the attacker's queries (a stage;
+     `mip_jax.substitute`, config.substitute).
   2. The target gradient g_t = grad_theta -R(I_sub(T(x)), x) over private data, once.
   3. For each crafting batch of queries, R rounds of signed Adam on delta (optax: scale_by_sign then
      adam with a step schedule), minimising 1 - cos(g_t, g_p(P(c + delta))), where P is
      `feasible.project` (label kept, ||delta|| <= eps, probability vector); restarts keep the best.
+     `lpa.space='log'` crafts on log-probabilities instead, so that no served entry is ever 0
+     (`defenses.space`); the `random` control is the random start of this crafting, unoptimised.
   Modes: 'aggregate' (the paper: one cosine over the batch gradient) and 'per_example' (the mean of
   per-example cosines, vmapped: a served vector does not depend on its batch-mates).
 
@@ -14,7 +17,6 @@ shape, and are split over the 'data' mesh axis (parameters and g_t replicated).
 """
 
 import functools
-import os
 from typing import Any
 
 import jax
@@ -23,35 +25,18 @@ import numpy as np
 import optax
 from absl import logging
 
-from mip_jax import checkpoints, killpoints, parallel, stages
-from mip_jax.attacks import transforms
-from mip_jax.defenses import feasible
-from mip_jax.losses import alignment, reconstruction
+from mip_jax import checkpoints, killpoints, parallel, substitute
+from mip_jax.defenses import cache, space
+from mip_jax.losses import alignment
+from mip_jax.substitute import decoder_loss_fn, train_substitute
+
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)
 
 MODES = ('aggregate', 'per_example')  # lpa.mode / lfp.mode: one batch cosine, or one per example
 
 
 # ---------------------------------------------------------------- functional pieces
-
-def decoder_loss_fn(model, batch_stats, attack_cfg, loss: str = 'mse'):
-  """`loss_fn(params, probs, images, weights)`: a decoder's weighted reconstruction loss on probs.
-
-  The decoder runs in eval mode (running BatchNorm statistics), so the loss of a batch is the mean of
-  per-example losses and the per-example gradients are well defined.
-  """
-  per_example = {'mse': reconstruction.per_example_mse,
-                 'psnr': lambda r, x: -10.0 * jnp.log10(reconstruction.per_example_mse(r, x) + 1e-10)}
-  if loss not in per_example:
-    raise ValueError(f'unknown reconstruction loss {loss!r}; known: {sorted(per_example)}')
-
-  def loss_fn(params, probs, images, weights):
-    z = transforms.attacker_input(probs, attack_cfg)
-    recon = model.apply({'params': params, 'batch_stats': batch_stats}, z, train=False)
-    errors = per_example[loss](recon, images)
-    return jnp.sum(errors * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
-
-  return loss_fn
-
 
 def target_gradient(loss_fn, params, probs: np.ndarray, images: np.ndarray, *,
                     chunk: int = 256) -> Any:
@@ -66,11 +51,59 @@ def target_gradient(loss_fn, params, probs: np.ndarray, images: np.ndarray, *,
 
 
 def delta_optimizer(cfg) -> optax.GradientTransformation:
-  """Signed Adam with Witches' Brew's step schedule: lr = tau * eps, x0.1 at 3/8, 5/8 and 7/8 of R."""
-  lr = cfg.tau * cfg.eps
+  """Signed Adam with Witches' Brew's step schedule: lr = tau * scale, x0.1 at 3/8, 5/8 and 7/8 of R.
+
+  scale is eps when crafting on probabilities (the paper), log_bound in log space (`space.step_scale`).
+  """
+  lr = cfg.tau * space.step_scale(cfg)
   schedule = optax.piecewise_constant_schedule(
       lr, {int(cfg.steps * f): 0.1 for f in cfg.milestones})
   return optax.chain(optax.scale_by_sign(), optax.adam(schedule))
+
+
+def alignment_objective(images, weights, *, params, target_grad, loss_fn, cfg):
+  """`objective(probs)`: Algorithm 1's alignment loss of candidate vectors for these queries.
+
+  With an ensemble of substitutes `params`, `target_grad` and `loss_fn` are tuples (one entry per
+  member) and the objective is the mean of the members' losses (Witches' Brew's --ensemble).
+  """
+  loss = (alignment.per_example_alignment_loss if cfg.mode == 'per_example'
+          else alignment.alignment_loss)
+  return _ensemble_mean(loss, params=params, target_grad=target_grad, loss_fn=loss_fn,
+                        images=images, weights=weights, distance=cfg.distance)
+
+
+def _ensemble_mean(loss, *, params, target_grad, loss_fn, **kwargs):
+  """`f(probs)` = mean over ensemble members of `loss(probs, loss_fn=, params=, target_grad=, ...)`."""
+  if not isinstance(loss_fn, tuple):
+    return functools.partial(loss, loss_fn=loss_fn, params=params, target_grad=target_grad, **kwargs)
+  parts = [functools.partial(loss, loss_fn=f, params=p, target_grad=g, **kwargs)
+           for f, p, g in zip(loss_fn, params, target_grad)]
+  return lambda probs: sum(part(probs) for part in parts) / len(parts)
+
+
+def crafting_round(v: jnp.ndarray, opt_state, c: jnp.ndarray, eps, radius=None, *, objective,
+                   opt: optax.GradientTransformation, space_name: str = 'prob',
+                   log_bound: float = 10.0):
+  """One round of Algorithm 1 (pure): the objective's gradient in the crafting variable through the
+  feasible map, the signed-Adam update, and the map back (`defenses.space`).
+
+  Args:
+    v: current variable [B, m] (delta in 'prob' space, the log-space change in 'log');
+    opt_state: `opt`'s state; c: clean vectors [B, m]; eps: L2 radius (scalar or [B]);
+    radius: optional per-row radius [B] (rows of 0 are frozen).
+    objective: `alignment_objective(...)`; opt: `delta_optimizer(cfg)`;
+    space_name, log_bound: cfg.space and cfg.log_bound.
+
+  Returns:
+    (new variable, new optimiser state).
+  """
+  where = dict(space=space_name, log_bound=log_bound)
+  g = jax.grad(lambda v: objective(space.defended(c, v, eps, **where)))(v)
+  if radius is not None:  # frozen rows: their (0/0 at delta = 0) gradient is dropped
+    g = jnp.where(radius[:, None] > 0, g, 0.0)
+  updates, opt_state = opt.update(g, opt_state, v)
+  return space.after_step(c, optax.apply_updates(v, updates), eps, **where), opt_state
 
 
 def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: jax.Array,
@@ -80,11 +113,12 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
 
   Args:
     c: clean vectors [B, m]; images: the queried images [B, H, W, C]; weights: 1 for real rows, 0 for
-      padding rows [B]; key: init randomness; radius: optional per-row L2 radius [B] (default
-      cfg.eps for every row); a row of radius 0 stays exactly at c but still enters the poisoned
-      gradient (LFP's clean rows D_c); params: substitute decoder params; target_grad: g_t.
+      padding rows [B]; key: init randomness (each row folds in its own values: `space.init`);
+      radius: optional per-row L2 radius [B] (default cfg.eps for every row); a row of radius 0
+      stays exactly at c but still enters the poisoned gradient (LFP's clean rows D_c);
+      params: substitute decoder params; target_grad: g_t.
     loss_fn: `decoder_loss_fn(...)`; cfg: config.lpa (eps, steps, tau, milestones, restarts, mode,
-      distance).
+      distance, space, log_bound).
 
   Returns:
     (defended vectors [B, m], per-row alignment loss of the returned vectors [B]; in aggregate mode
@@ -93,60 +127,56 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
   eps = cfg.eps if radius is None else radius
   opt = delta_optimizer(cfg)
   per_example = cfg.mode == 'per_example'
-  objective = functools.partial(
-      alignment.per_example_alignment_loss if per_example else alignment.alignment_loss,
-      loss_fn=loss_fn, params=params, images=images, target_grad=target_grad, weights=weights,
-      distance=cfg.distance)
+  where = dict(space=cfg.space, log_bound=cfg.log_bound)
+  to_vector = lambda v: space.defended(c, v, eps, **where)
+  objective = alignment_objective(images, weights, params=params, target_grad=target_grad,
+                                  loss_fn=loss_fn, cfg=cfg)
 
-  def row_losses(delta):
-    probs = feasible.project(c, c + delta, eps)
+  def row_losses(v):
+    probs = to_vector(v)
     if per_example:
-      one = lambda p, x: alignment.per_example_alignment_loss(
-          p[None], loss_fn=loss_fn, params=params, images=x[None], target_grad=target_grad,
-          distance=cfg.distance)
+      one = lambda p, x: _ensemble_mean(
+          alignment.per_example_alignment_loss, loss_fn=loss_fn, params=params,
+          target_grad=target_grad, images=x[None], distance=cfg.distance)(p[None])
       return jax.vmap(one)(probs, images)
     return jnp.full(c.shape[:1], objective(probs))
 
   def one_restart(key):
-    # Random per-vector start inside the feasible set (the paper: unique init per vector).
-    lim = eps if radius is None else radius[:, None]
-    delta = jax.random.uniform(key, c.shape, c.dtype, -lim, lim)
-    delta = feasible.project(c, c + delta, eps) - c
-    state = opt.init(delta)
+    # Random per-vector start inside the feasible set (the paper: unique init per vector); with
+    # cfg.steps = 0 this is exactly the `random` control defense.
+    v = space.init(key, c, eps if radius is None else radius[:, None], **where)
 
     def body(_, carry):
-      delta, state = carry
-      g = jax.grad(lambda d: objective(feasible.project(c, c + d, eps)))(delta)
-      if radius is not None:  # frozen rows: their (0/0 at delta = 0) gradient is dropped
-        g = jnp.where(radius[:, None] > 0, g, 0.0)
-      updates, state = opt.update(g, state, delta)
-      delta = feasible.project(c, c + optax.apply_updates(delta, updates), eps) - c
-      return delta, state
+      return crafting_round(*carry, c, eps, radius, objective=objective, opt=opt,
+                            space_name=cfg.space, log_bound=cfg.log_bound)
 
-    delta, _ = jax.lax.fori_loop(0, cfg.steps, body, (delta, state))
-    return delta, row_losses(delta)
+    v, _ = jax.lax.fori_loop(0, cfg.steps, body, (v, opt.init(v)))
+    return to_vector(v), row_losses(v)
 
-  keys = jax.random.split(key, cfg.restarts)
-  best_delta, best_loss = one_restart(keys[0])
+  keys = space.restart_keys(key, cfg.restarts)
+  best, best_loss = one_restart(keys[0])
   for k in keys[1:]:  # static count: unrolled, still one compilation
-    delta, loss = one_restart(k)
+    out, loss = one_restart(k)
     better = (loss < best_loss)[:, None]
-    best_delta = jnp.where(better, delta, best_delta)
+    best = jnp.where(better, out, best)
     best_loss = jnp.minimum(loss, best_loss)
-  return c + best_delta, best_loss
+  return best, best_loss
 
 
 class Crafter:
   """Crafts LPA vectors for any number of queries with one compiled batch function.
 
   Args:
-    params / batch_stats: the substitute decoder's variables; model: its Flax module.
-    target_grad: g_t; config: the run config (uses config.lpa and config.attack).
+    model / variables: the substitute decoder (Flax module, its variables); target_grad: its g_t.
+    members: instead of those, an ensemble: [(model, variables, target_grad), ...], whose alignment
+      losses are averaged.
+    config: the run config (uses config.lpa, config.attack and config.substitute's transform).
     mesh: 'data' mesh; the crafting batch is split over it.
     section: the crafting settings when not config.lpa (LFP's config.lfp); same fields.
   """
 
-  def __init__(self, *, model, variables, target_grad, config, mesh=None, section=None):
+  def __init__(self, *, model=None, variables=None, target_grad=None, config, mesh=None,
+               section=None, members=None):
     self.cfg = config.lpa if section is None else section
     self.mesh = mesh or parallel.data_mesh()
     if self.cfg.mode not in MODES:
@@ -154,9 +184,16 @@ class Crafter:
     if self.cfg.batch_size % self.mesh.devices.size:
       raise ValueError(f'lpa.batch_size={self.cfg.batch_size} must be a multiple of the '
                        f'{self.mesh.devices.size} devices')
-    loss_fn = decoder_loss_fn(model, variables['batch_stats'], config.attack, self.cfg.loss)
-    self.params = parallel.replicate(variables['params'], self.mesh)
-    self.target_grad = parallel.replicate(target_grad, self.mesh)
+    space.check(self.cfg.space)
+    members = members or [(model, variables, target_grad)]
+    attack_cfg = substitute.attack_config(config)
+    loss_fn = tuple(decoder_loss_fn(m, v['batch_stats'], attack_cfg, self.cfg.loss,
+                                    self.cfg.batchnorm) for m, v, _ in members)
+    params, target_grads = tuple(v['params'] for _, v, _ in members), tuple(g for *_, g in members)
+    if len(members) == 1:  # a single substitute: plain pytrees, as the functional API takes them
+      loss_fn, params, target_grads = loss_fn[0], params[0], target_grads[0]
+    self.params = parallel.replicate(params, self.mesh)
+    self.target_grad = parallel.replicate(target_grads, self.mesh)
     self.craft_fn = jax.jit(functools.partial(craft_batch, loss_fn=loss_fn, cfg=self.cfg))
 
   def __call__(self, probs: np.ndarray, images: np.ndarray, *, seed: int,
@@ -167,20 +204,14 @@ class Crafter:
     """
     b = self.cfg.batch_size
     out, losses = [], []
-    for start in range(0, len(probs), b):
+    arrays = (probs, np.asarray(images, probs.dtype))
+    if radius is not None:
+      arrays += (np.asarray(radius, probs.dtype),)
+    for start, n, batch in parallel.padded_batches(arrays, b, mesh=self.mesh):
       killpoints.reached(f'craft:batch:{start // b}')
-      c, x = probs[start:start + b], images[start:start + b]
-      n = len(c)
-      pad = b - n  # pad with copies of row 0 at weight 0: same shape, no recompilation
-      w = np.concatenate([np.ones(n), np.zeros(pad)]).astype(c.dtype)
-      c = np.concatenate([c, np.repeat(c[:1], pad, 0)])
-      x = np.concatenate([x, np.repeat(x[:1], pad, 0)]).astype(c.dtype)
-      arrays = (c, x, w)
-      if radius is not None:
-        arrays += (np.concatenate([radius[start:start + b], np.zeros(pad)]).astype(c.dtype),)
-      batch = parallel.shard_batch(arrays, self.mesh)
-      key = jax.random.fold_in(jax.random.key(seed), start // b)
-      defended, loss = self.craft_fn(*batch[:3], key, *batch[3:], params=self.params,
+      c, x, *rad, w = batch
+      key = jax.random.key(seed)  # rows draw their own start from it (space.row_keys)
+      defended, loss = self.craft_fn(c, x, w, key, *rad, params=self.params,
                                      target_grad=self.target_grad)
       out.append(np.asarray(defended)[:n])
       losses.append(np.asarray(loss)[:n])
@@ -189,27 +220,75 @@ class Crafter:
 
 # ---------------------------------------------------------------- the defense protocol
 
-def train_substitute(setup):
-  """The defender's substitute decoder on clean attack-data vectors (stage 'substitute')."""
-  from mip_jax import experiment  # late import: experiment imports the defense registry
+def ensemble_members(setup, cfg=None) -> list[tuple]:
+  """[(model, variables, g_t)] of the defender's substitutes: config.substitute, plus
+  cfg.ensemble_size - 1 members with other seeds ('seed') or also other widths / depths ('arch').
+  Each member is its own cached stage; g_t is taken over the private training data for each."""
   config = setup.config
-  z = np.asarray(transforms.attacker_input(setup.clean['attack_train'], config.attack))
-  return stages.train_decoder(config, z, setup.splits.attack_train.images, workdir=setup.workdir,
-                              stage='substitute', seed=config.seed + 3, mesh=setup.mesh,
-                              fingerprint_extra=['substitute', experiment.data_fingerprint(config)])
+  cfg = config.lpa if cfg is None else cfg
+  if cfg.ensemble_size < 1 or cfg.ensemble_vary not in ('seed', 'arch'):
+    raise ValueError(f"lpa.ensemble_size must be >= 1 and lpa.ensemble_vary 'seed' or 'arch'; got "
+                     f'{cfg.ensemble_size} and {cfg.ensemble_vary!r}')
+  members = []
+  for k in range(cfg.ensemble_size):
+    section = config.substitute.copy_and_resolve_references()
+    if k and cfg.ensemble_vary == 'arch':
+      width = substitute.decoder_section(config).width
+      section.width = max(1, int(width * (1.0, 0.5, 2.0)[k % 3]))
+      section.extra_blocks = k % 2
+    seed = config.seed + substitute.SEED_OFFSET + 1000 * k
+    model, variables = train_substitute(setup, section, seed=seed)
+    loss_fn = decoder_loss_fn(model, variables['batch_stats'], substitute.attack_config(config),
+                              cfg.loss, cfg.batchnorm)
+    members.append((model, variables, defensive_gradient(loss_fn, variables['params'], setup, cfg)))
+  return members
+
+
+OBJECTIVES = ('untargeted', 'decoy_mean', 'decoy_class')
+
+
+def defensive_gradient(loss_fn, params, setup, cfg) -> Any:
+  """g_t: where the defender wants the attacker's training to move the decoder (cfg.objective).
+
+  'untargeted' (the paper): -grad R(I(c), x) over private data, i.e. make private reconstructions
+  worse. The targeted ones are Witches' Brew's own setting, poisoning toward a chosen outcome:
+  +grad R(I(c), decoy), i.e. teach the decoder to rebuild a decoy from private vectors:
+  'decoy_mean' the mean query image (one blurry digit for every class), 'decoy_class' the mean private
+  image of the next private class (a recognisable wrong answer, aimed at attack accuracy).
+  """
+  if cfg.objective not in OBJECTIVES:
+    raise ValueError(f'lpa.objective must be one of {", ".join(OBJECTIVES)}, got {cfg.objective!r}')
+  private = setup.splits.private_train
+  probs = setup.clean['private_train']
+  if cfg.objective == 'untargeted':
+    return target_gradient(loss_fn, params, probs, private.images)
+  if cfg.objective == 'decoy_mean':
+    decoys = np.broadcast_to(setup.splits.attack_train.images.mean(0), private.images.shape)
+  else:
+    classes = np.unique(private.labels)
+    means = {int(k): private.images[private.labels == k].mean(0) for k in classes}
+    nxt = {int(k): int(classes[(i + 1) % len(classes)]) for i, k in enumerate(classes)}
+    decoys = np.stack([means[nxt[int(y)]] for y in private.labels])
+  # target_gradient is the mean of -grad R; the targeted direction is +grad R toward the decoys.
+  return optax.tree.scale(-1.0, target_gradient(loss_fn, params, probs,
+                                                np.ascontiguousarray(decoys, np.float32)))
 
 
 def fit(setup) -> dict:
-  """Trains (or loads) the substitute and computes the target gradient over private training data."""
-  model, variables = train_substitute(setup)
-  loss_fn = decoder_loss_fn(model, variables['batch_stats'], setup.config.attack,
-                            setup.config.lpa.loss)
-  g_t = target_gradient(loss_fn, variables['params'], setup.clean['private_train'],
-                        setup.splits.private_train.images)
-  crafter = Crafter(model=model, variables=variables, target_grad=g_t, config=setup.config,
-                    mesh=setup.mesh)
+  """Trains (or loads) the substitute(s) and the target gradient over private training data."""
+  members = ensemble_members(setup)
+  crafter = Crafter(members=members, config=setup.config, mesh=setup.mesh)
+  variables, g_t = [m[1] for m in members], [m[2] for m in members]
   return {'crafter': crafter, 'workdir': setup.workdir, 'seed': setup.config.seed,
-          'tag': checkpoints.fingerprint(setup.config.lpa.to_dict())}
+          'tag': cache_tag(setup.config, setup.config.lpa, variables, g_t)}
+
+
+def cache_tag(config, section, variables, g_t) -> str:
+  """What crafted vectors depend on besides the queries: the crafting settings, the attack transform,
+  the seed, the substitute (its stage and variables) and g_t (which carries the private data)."""
+  return checkpoints.fingerprint([section.to_dict(), config.attack.to_dict(), config.seed,
+                                  substitute.stage_name(config),
+                                  checkpoints.exact_fingerprint(variables, g_t)])
 
 
 def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:
@@ -217,16 +296,14 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
   if images is None:
     raise ValueError('LPA needs the queried images: its poisoned gradient is R(I(c\'), x)')
   probs = np.asarray(probs, np.float32)
-  key = f'lpa_{state["tag"]}_{checkpoints.array_fingerprint(probs)}'
-  path = os.path.join(state['workdir'], 'perturbations', key + '.npz')
-  if os.path.exists(path):
-    with np.load(path) as f:
-      return f['defended']
-  defended, losses = state['crafter'](probs, images, seed=state['seed'])
-  logging.info('LPA crafted %d vectors: mean alignment loss %.4f', len(probs), float(np.mean(losses)))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, defended=defended, delta=defended - probs, clean=probs, alignment_loss=losses)
-  killpoints.reached('lpa:write')
-  os.replace(tmp, path)
-  return defended
+  images = np.asarray(images, np.float32)
+
+  def craft():
+    defended, losses = state['crafter'](probs, images, seed=state['seed'])
+    logging.info('LPA crafted %d vectors: mean alignment loss %.4f', len(probs),
+                 float(np.mean(losses)))
+    return {'defended': defended, 'delta': defended - probs, 'clean': probs,
+            'alignment_loss': losses}
+
+  key = checkpoints.fingerprint([state['tag'], checkpoints.exact_fingerprint(probs, images)])
+  return cache.cached(state['workdir'], 'lpa', key, craft)
