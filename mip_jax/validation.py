@@ -269,10 +269,9 @@ def problems(config, *, defaults=None, devices: int | None = None) -> list[str]:
         problem = _type_problem(values[path], default, declared[path])
         if problem:
           found.append(_problem(path, values[path], problem))
-  else:  # the config's own declared types: None only where it declares a placeholder
-    for path, declared in _leaf_types(config).items():
-      if values[path] is None and declared is type(None):
-        found.append(f'config.{path} is None but is no placeholder: change --config.{path}')
+  else:  # without defaults, at least the fields the cross-field checks read must be set
+    found += [f'config.{path} is None; set --config.{path}' for path in CROSS_FIELDS
+              if path in values and values[path] is None]
   if found:  # rules assume the types are right
     return found
   for pattern, rules in RULES.items():
@@ -288,6 +287,12 @@ def problems(config, *, defaults=None, devices: int | None = None) -> list[str]:
           found.append(_problem(path, values[path], problem))
           break
   return found or _cross_checks(config, values, devices)
+
+
+# Fields `_cross_checks` reads; never placeholders. (ConfigDict.copy_and_resolve_references turns a
+# placeholder into a plain None, so a config's own types cannot tell a placeholder from a mistake.)
+CROSS_FIELDS = ('dataset', 'image_size', 'channels', 'private_classes', 'attack_classes',
+                'decoder.blocks', 'classifier.channels', 'eval_classifier.channels')
 
 
 def _cross_checks(config, values: dict, devices: int | None) -> list[str]:
