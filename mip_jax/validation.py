@@ -26,6 +26,8 @@ import sys
 import typing
 from typing import Any, Callable
 
+import ml_collections
+
 from mip_jax import defenses
 from mip_jax.attacks import adaptive, transforms
 from mip_jax.data import KNOWN_DATASETS
@@ -97,7 +99,6 @@ def each(rule: Rule, *, nonempty: bool = True, ascending: bool = False) -> Rule:
 POSITIVE = above(0)
 NON_NEGATIVE = at_least(0)
 UNIT_OPEN = within(0, 1, open_lo=True, open_hi=True)
-UNIT = within(0, 1)
 MODES = one_of(lambda: lpa.MODES)
 DISTANCES = one_of(lambda: alignment.DISTANCES)
 LOSSES = one_of(lambda: reconstruction.LOSSES)
@@ -174,28 +175,24 @@ RULES: dict[str, tuple[Rule, ...]] = {
 
 # ---------------------------------------------------------------- the checks
 
-def flatten(config, prefix: str = '') -> dict[str, Any]:
+def _leaves(config, prefix: str = ''):
+  """(dotted path, its section, key) for every leaf of a nested ConfigDict."""
+  for key in config.keys():
+    value = config[key]
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _leaves(value, f'{prefix}{key}.')
+    else:
+      yield prefix + key, config, key
+
+
+def flatten(config) -> dict[str, Any]:
   """{'lpa.eps': 0.01, ...}: every leaf of a (nested) ConfigDict by its dotted path."""
-  out = {}
-  for key in config.keys():
-    value = config[key]
-    if hasattr(value, 'keys') and hasattr(value, 'get_type'):
-      out.update(flatten(value, f'{prefix}{key}.'))
-    else:
-      out[prefix + key] = value
-  return out
+  return {path: section[key] for path, section, key in _leaves(config)}
 
 
-def _leaf_types(config, prefix: str = '') -> dict[str, type]:
+def _leaf_types(config) -> dict[str, type]:
   """{path: declared type}: placeholders keep their type (int for `placeholder(int)`)."""
-  out = {}
-  for key in config.keys():
-    value = config[key]
-    if hasattr(value, 'keys') and hasattr(value, 'get_type'):
-      out.update(_leaf_types(value, f'{prefix}{key}.'))
-    else:
-      out[prefix + key] = config.get_type(key)
-  return out
+  return {path: section.get_type(key) for path, section, key in _leaves(config)}
 
 
 def _type_problem(value, default, declared: type) -> str | None:
