@@ -7,9 +7,12 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
+from mip_jax import validation
+
 CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/digits.py or configs/digits.py:tiny; '
     'override fields with --config.field=value.', lock_config=True)
+validation.install_flag_checks(CONFIG)  # unknown keys and bad values: one sentence, exit 1
 WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, results.json/.md, figures. '
                               'Default: runs/<dataset>.')
 
@@ -58,7 +61,7 @@ def run_protocol(defenses, attackers=None) -> None:
                                     attackers=attackers)
     else:
       result = experiment.run(config, workdir, defenses_to_run=defenses, attackers=attackers)
-  except DatasetNotFoundError as e:
+  except (DatasetNotFoundError, validation.ConfigError) as e:
     sys.exit(f'error: {e}')
   if is_main_process():  # process 0 wrote the files; the others would print the same
     print(result['table'])

@@ -19,6 +19,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from mip_jax import killpoints
+
 
 def fingerprint(cfg: Any) -> str:
   """Stable short hash of the config fields a stage depends on (a dict / ConfigDict / JSON-able)."""
@@ -84,6 +86,7 @@ class StageCheckpoint:
                 config_hash=self.config_hash, stage=self.stage)
     self._manager.save(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardSave(jax.device_get(state)), meta=ocp.args.JsonSave(meta)))
+    killpoints.reached(f'{self.stage}:save:{epoch}')
     self._manager.wait_until_finished()
 
   def restore(self, abstract_state: Any, *, sharding: jax.sharding.Sharding | None = None) -> Any:

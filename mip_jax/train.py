@@ -29,7 +29,7 @@ from absl import logging
 from flax import struct
 from tqdm import tqdm
 
-from mip_jax import parallel
+from mip_jax import killpoints, parallel
 from mip_jax.checkpoints import StageCheckpoint
 
 
@@ -146,6 +146,7 @@ def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, e
   key = jax.random.key(seed)
   rows = parallel.local_rows(batch_size, mesh)
   for epoch in range(start, epochs):
+    killpoints.reached(f'{desc}:epoch:{epoch + 1}')
     batches = epoch_batches(num, batch_size, seed=seed, epoch=epoch)
     bar = tqdm(batches, desc=f'{desc} {epoch + 1}/{epochs}', leave=False,
                disable=None if parallel.is_main_process() else True)

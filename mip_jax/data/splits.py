@@ -31,6 +31,9 @@ from mip_jax.data import tfds_source
 from mip_jax.data.arrays import ArraySplit, Splits
 
 KNOWN_DATASETS = ('digits', 'mnist', 'fashion_mnist', 'cifar10', 'facescrub')
+# Labels per dataset, for checking private/attack classes before any data is read (the loaders
+# check again against the prepared data). FaceScrub's split comes from its identity folders.
+CLASS_COUNTS = {'digits': 10, 'mnist': 10, 'fashion_mnist': 10, 'cifar10': 10}
 
 # Salts of the per-example hashes; changing them changes every split.
 _HOLDOUT_SALT = 1

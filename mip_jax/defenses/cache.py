@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from mip_jax import parallel
+from mip_jax import killpoints, parallel
 
 
 def cached(workdir: str, prefix: str, key: str, craft: Callable[[], dict]) -> np.ndarray:
@@ -24,11 +24,11 @@ def cached(workdir: str, prefix: str, key: str, craft: Callable[[], dict]) -> np
     with np.load(path) as f:
       return f['defended']
   arrays = craft()
-  save_arrays(path, arrays)
+  save_arrays(path, arrays, prefix)
   return arrays['defended']
 
 
-def save_arrays(path: str, arrays: dict) -> None:
+def save_arrays(path: str, arrays: dict, prefix: str = '') -> None:
   """Saves `arrays` to `path` (.npz), tmp then rename, by process 0 only; all processes wait for it.
 
   With several JAX processes every one crafted the same vectors: one writes, and the barrier keeps a
@@ -38,5 +38,6 @@ def save_arrays(path: str, arrays: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + '.tmp.npz'
     np.savez(tmp, **arrays)
+    killpoints.reached(f'{prefix}:write')  # resume tests kill here: a tmp file, no final one
     os.replace(tmp, path)
   parallel.on_main_process(write, path)

@@ -25,13 +25,15 @@ import numpy as np
 import optax
 from absl import logging
 
-from mip_jax import checkpoints, parallel, substitute
+from mip_jax import checkpoints, killpoints, parallel, substitute
 from mip_jax.defenses import cache, space
 from mip_jax.losses import alignment
 from mip_jax.substitute import decoder_loss_fn, train_substitute
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)
+
+MODES = ('aggregate', 'per_example')  # lpa.mode / lfp.mode: one batch cosine, or one per example
 
 
 # ---------------------------------------------------------------- functional pieces
@@ -177,8 +179,8 @@ class Crafter:
                section=None, members=None):
     self.cfg = config.lpa if section is None else section
     self.mesh = mesh or parallel.data_mesh()
-    if self.cfg.mode not in ('aggregate', 'per_example'):
-      raise ValueError(f"lpa.mode must be 'aggregate' or 'per_example', got {self.cfg.mode!r}")
+    if self.cfg.mode not in MODES:
+      raise ValueError(f'lpa.mode must be one of {MODES}, got {self.cfg.mode!r}')
     if self.cfg.batch_size % self.mesh.devices.size:
       raise ValueError(f'lpa.batch_size={self.cfg.batch_size} must be a multiple of the '
                        f'{self.mesh.devices.size} devices')
@@ -208,6 +210,7 @@ class Crafter:
     if radius is not None:
       arrays += (np.asarray(radius, probs.dtype),)
     for start, n, batch in parallel.padded_batches(arrays, b, mesh=self.mesh):
+      killpoints.reached(f'craft:batch:{start // b}')
       c, x, *rad, w = batch
       key = jax.random.key(seed)  # rows draw their own start from it (space.row_keys)
       defended, loss = self.craft_fn(c, x, w, key, *rad, params=self.params,
