@@ -293,7 +293,7 @@ def _lpa_online(crafter, probs: np.ndarray, images: np.ndarray, *, seed: int, ch
   out, ok = [], []
   pad_to = functools.partial(bucket_size, multiple=devices)
   for start, n, batch in parallel.padded_batches((probs, images), chunk, mesh=mesh, pad_to=pad_to):
-    key = jax.random.fold_in(jax.random.key(seed), start // chunk)
+    key = jax.random.key(seed)  # rows draw their own start from it (space.row_keys)
     defended, loss = crafter.craft_fn(*batch, key, params=crafter.params,
                                       target_grad=crafter.target_grad)
     out.append(np.asarray(defended)[:n])

@@ -14,6 +14,7 @@ ROW_FIELDS = ('defense', 'model_acc', 'conf_dist', 'attack_acc', 'recon_error', 
 
 
 METRICS = ('model_acc', 'conf_dist', 'attack_acc', 'recon_error', 'label_flip_rate')
+DIAGNOSTICS = ('zero_fraction', 'input_shift', 'evaluator_acc')  # how a row protects (attribution)
 
 
 def write_results(workdir: str, *, dataset: str, config: dict, rows: list[dict],
@@ -25,25 +26,34 @@ def write_results(workdir: str, *, dataset: str, config: dict, rows: list[dict],
       raise ValueError(f'result row {row.get("defense")!r} lacks {missing}')
   os.makedirs(workdir, exist_ok=True)
   doc = {'dataset': dataset, 'config': config, **(extra or {}), 'rows': rows}
-  _atomic_write(os.path.join(workdir, 'results.json'), json.dumps(doc, indent=2, default=float))
+  atomic_write(os.path.join(workdir, 'results.json'), json.dumps(doc, indent=2, default=float))
   table = markdown_table(dataset, rows)
   table += table_ix_section(workdir, rows)
-  _atomic_write(os.path.join(workdir, 'results.md'), table)
+  atomic_write(os.path.join(workdir, 'results.md'), table)
   return table
 
 
 def markdown_table(dataset: str, rows: list[dict]) -> str:
   """Table I layout: utility (model acc, conf dist) then privacy (attack acc, recon error)."""
   lines = [f'# {dataset}', '',
-           '| Method | Model Acc. | Conf. Dist. | Attack Acc. | Recon. Error | Label flips |',
-           '|---|---|---|---|---|---|']
+           '| Method | Model Acc. | Conf. Dist. | Attack Acc. | Recon. Error | Label flips '
+           '| Zero frac. | Input shift |',
+           '|---|---|---|---|---|---|---|---|']
   for r in rows:
     label = row_label(r)
     pct = lambda k: f'{100 * r[k]:.2f}%' + (f' ± {100 * r[k + "_std"]:.2f}' if k + '_std' in r else '')
     num = lambda k: f'{r[k]:.5f}' + (f' ± {r[k + "_std"]:.5f}' if k + '_std' in r else '')
+    opt = lambda k, f: f(k) if k in r else '-'
     dist = '-' if label == 'none' else num('conf_dist')
     lines.append(f'| {label} | {pct("model_acc")} | {dist} | {pct("attack_acc")} | '
-                 f'{num("recon_error")} | {pct("label_flip_rate")} |')
+                 f'{num("recon_error")} | {pct("label_flip_rate")} | {opt("zero_fraction", pct)} '
+                 f'| {opt("input_shift", lambda k: f"{r[k]:.3g}")} |')
+  ceiling = [r['evaluator_acc'] for r in rows if 'evaluator_acc' in r]
+  if ceiling:
+    lines += ['', f'Evaluation classifier on the real private images (the ceiling of attack '
+              f'accuracy): {100 * np.mean(ceiling):.2f}%. Zero frac.: exactly-zero entries of the served '
+              "query vectors; input shift: mean L2 distance between the attacker's decoder inputs of "
+              'clean and defended queries.']
   if any('model_acc_std' in r for r in rows):
     lines += ['', 'Mean ± standard deviation over seeds.']
   return '\n'.join(lines) + '\n'
@@ -59,8 +69,11 @@ def mean_rows(runs: list[list[dict]]) -> list[dict]:
     raise ValueError(f'runs differ in their rows: {labels}')
   out = []
   for group in zip(*runs):
-    row = {'defense': group[0]['defense'], 'attacker': group[0].get('attacker', 'none')}
-    for k in METRICS + ('defend_seconds',):
+    row = {k: group[0][k] for k in ('defense', 'label') if k in group[0]}
+    row['attacker'] = group[0].get('attacker', 'none')
+    for k in METRICS + DIAGNOSTICS + ('defend_seconds',):
+      if not all(k in r for r in group):
+        continue
       values = np.asarray([r[k] for r in group], np.float64)
       row[k], row[k + '_std'] = float(values.mean()), float(values.std())
     curves = np.asarray([r['eps_eta'] for r in group], np.float64)
@@ -70,9 +83,10 @@ def mean_rows(runs: list[list[dict]]) -> list[dict]:
 
 
 def row_label(row: dict) -> str:
-  """'lpa', or 'lpa / softmax attacker' for an adaptive attacker's row (Table X)."""
-  kind = row.get('attacker', 'none')
-  return row['defense'] if kind == 'none' else f'{row["defense"]} / {kind} attacker'
+  """'lpa', or 'lpa / softmax attacker' for another attacker's row (Table X); a row's `label`
+  (one defense under several configs) stands for its defense name."""
+  kind, name = row.get('attacker', 'none'), row.get('label', row['defense'])
+  return name if kind == 'none' else f'{name} / {kind} attacker'
 
 
 def save_reconstructions(path: str, ground_truth: np.ndarray, rows: dict[str, np.ndarray]) -> None:
@@ -95,7 +109,7 @@ def save_reconstructions(path: str, ground_truth: np.ndarray, rows: dict[str, np
   plt.close(fig)
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str) -> None:
   """Write-then-rename, so an interrupted run never leaves a half-written results file."""
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
@@ -111,7 +125,7 @@ LATENCY_FILE = 'latency.json'  # per-sample serving latency written by `launch.b
 def write_latency(workdir: str, latency: dict) -> None:
   """Saves `benchmarking.serving_latency` figures in the workdir; refreshes results.md if present."""
   os.makedirs(workdir, exist_ok=True)
-  _atomic_write(os.path.join(workdir, LATENCY_FILE), json.dumps(latency, indent=2))
+  atomic_write(os.path.join(workdir, LATENCY_FILE), json.dumps(latency, indent=2))
   results = os.path.join(workdir, 'results.json')
   if os.path.exists(results):
     with open(results) as f:

@@ -74,12 +74,16 @@ def train_substitute(setup, section=None, *, seed: int | None = None):
                               fingerprint_extra=['substitute', data_fingerprint(config)])
 
 
-def decoder_loss_fn(model, batch_stats, attack_cfg, loss: str = 'mse'):
+def decoder_loss_fn(model, batch_stats, attack_cfg, loss: str = 'mse', batchnorm: str = 'eval'):
   """`loss_fn(params, probs, images, weights)`: a decoder's weighted reconstruction loss on probs.
 
-  The decoder runs in eval mode (running BatchNorm statistics), so the loss of a batch is the mean of
-  per-example losses and the per-example gradients are well defined.
+  batchnorm='eval' (default): running BatchNorm statistics, so the loss of a batch is the mean of
+  per-example losses and per-example gradients are well defined. 'train': batch statistics, as the
+  attacker's decoder sees them while it trains (a lever of the attribution ablation; in per-example
+  mode each example is then normalised over its own spatial positions only).
   """
+  if batchnorm not in ('eval', 'train'):
+    raise ValueError(f"lpa.batchnorm must be 'eval' or 'train', got {batchnorm!r}")
   per_example = {'mse': reconstruction.per_example_mse,
                  'psnr': lambda r, x: -10.0 * jnp.log10(reconstruction.per_example_mse(r, x) + 1e-10)}
   if loss not in per_example:
@@ -87,7 +91,11 @@ def decoder_loss_fn(model, batch_stats, attack_cfg, loss: str = 'mse'):
 
   def loss_fn(params, probs, images, weights):
     z = transforms.attacker_input(probs, attack_cfg)
-    recon = model.apply({'params': params, 'batch_stats': batch_stats}, z, train=False)
+    variables = {'params': params, 'batch_stats': batch_stats}
+    if batchnorm == 'train':
+      recon, _ = model.apply(variables, z, train=True, mutable=['batch_stats'])
+    else:
+      recon = model.apply(variables, z, train=False)
     errors = per_example[loss](recon, images)
     return jnp.sum(errors * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
 

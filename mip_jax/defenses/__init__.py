@@ -7,11 +7,11 @@
 `setup` is an `experiment.Setup` (cached classifier, splits, clean vectors, workdir, config).
 """
 
-from mip_jax.defenses import lpa, none, protocol
+from mip_jax.defenses import lpa, none, protocol, random_control
 from mip_jax.defenses import advexa, lfp, noise, onepara, pgd, poi_mse, rounding, topk
 from mip_jax.defenses import bido, mid, purification
 
-REGISTRY = {'none': none, 'lpa': lpa}
+REGISTRY = {'none': none, 'random': random_control, 'lpa': lpa}
 REGISTRY.update(lfp=lfp, noise=noise, onepara=onepara, rounding=rounding, topk=topk, advexa=advexa,
                 pgd=pgd, poi_mse=poi_mse)
 REGISTRY.update(mid=mid, bido_coco=bido.COCO, bido_hsic=bido.HSIC, purification=purification)

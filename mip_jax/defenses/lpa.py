@@ -6,6 +6,8 @@
   3. For each crafting batch of queries, R rounds of signed Adam on delta (optax: scale_by_sign then
      adam with a step schedule), minimising 1 - cos(g_t, g_p(P(c + delta))), where P is
      `feasible.project` (label kept, ||delta|| <= eps, probability vector); restarts keep the best.
+     `lpa.space='log'` crafts on log-probabilities instead, so that no served entry is ever 0
+     (`defenses.space`); the `random` control is the random start of this crafting, unoptimised.
   Modes: 'aggregate' (the paper: one cosine over the batch gradient) and 'per_example' (the mean of
   per-example cosines, vmapped: a served vector does not depend on its batch-mates).
 
@@ -15,7 +17,6 @@ shape, and are split over the 'data' mesh axis (parameters and g_t replicated).
 """
 
 import functools
-import os
 from typing import Any
 
 import jax
@@ -25,11 +26,12 @@ import optax
 from absl import logging
 
 from mip_jax import checkpoints, parallel, substitute
-from mip_jax.defenses import feasible
+from mip_jax.defenses import cache, space
 from mip_jax.losses import alignment
 from mip_jax.substitute import decoder_loss_fn, train_substitute
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)
 
 
 # ---------------------------------------------------------------- functional pieces
@@ -47,8 +49,11 @@ def target_gradient(loss_fn, params, probs: np.ndarray, images: np.ndarray, *,
 
 
 def delta_optimizer(cfg) -> optax.GradientTransformation:
-  """Signed Adam with Witches' Brew's step schedule: lr = tau * eps, x0.1 at 3/8, 5/8 and 7/8 of R."""
-  lr = cfg.tau * cfg.eps
+  """Signed Adam with Witches' Brew's step schedule: lr = tau * scale, x0.1 at 3/8, 5/8 and 7/8 of R.
+
+  scale is eps when crafting on probabilities (the paper), log_bound in log space (`space.step_scale`).
+  """
+  lr = cfg.tau * space.step_scale(cfg)
   schedule = optax.piecewise_constant_schedule(
       lr, {int(cfg.steps * f): 0.1 for f in cfg.milestones})
   return optax.chain(optax.scale_by_sign(), optax.adam(schedule))
@@ -62,25 +67,28 @@ def alignment_objective(images, weights, *, params, target_grad, loss_fn, cfg):
       distance=cfg.distance)
 
 
-def crafting_round(delta: jnp.ndarray, opt_state, c: jnp.ndarray, eps, radius=None, *, objective,
-                   opt: optax.GradientTransformation):
-  """One round of Algorithm 1 (pure): the objective's gradient in delta through the projection,
-  the signed-Adam update, and the projection back into the feasible set.
+def crafting_round(v: jnp.ndarray, opt_state, c: jnp.ndarray, eps, radius=None, *, objective,
+                   opt: optax.GradientTransformation, space_name: str = 'prob',
+                   log_bound: float = 10.0):
+  """One round of Algorithm 1 (pure): the objective's gradient in the crafting variable through the
+  feasible map, the signed-Adam update, and the map back (`defenses.space`).
 
   Args:
-    delta: current perturbation [B, m]; opt_state: `opt`'s state; c: clean vectors [B, m];
-    eps: L2 radius (scalar or [B, 1]); radius: optional per-row radius [B] (rows of 0 are frozen).
-    objective: `alignment_objective(...)`; opt: `delta_optimizer(cfg)`.
+    v: current variable [B, m] (delta in 'prob' space, the log-space change in 'log');
+    opt_state: `opt`'s state; c: clean vectors [B, m]; eps: L2 radius (scalar or [B]);
+    radius: optional per-row radius [B] (rows of 0 are frozen).
+    objective: `alignment_objective(...)`; opt: `delta_optimizer(cfg)`;
+    space_name, log_bound: cfg.space and cfg.log_bound.
 
   Returns:
-    (new delta, new optimiser state).
+    (new variable, new optimiser state).
   """
-  g = jax.grad(lambda d: objective(feasible.project(c, c + d, eps)))(delta)
+  where = dict(space=space_name, log_bound=log_bound)
+  g = jax.grad(lambda v: objective(space.defended(c, v, eps, **where)))(v)
   if radius is not None:  # frozen rows: their (0/0 at delta = 0) gradient is dropped
     g = jnp.where(radius[:, None] > 0, g, 0.0)
-  updates, opt_state = opt.update(g, opt_state, delta)
-  delta = feasible.project(c, c + optax.apply_updates(delta, updates), eps) - c
-  return delta, opt_state
+  updates, opt_state = opt.update(g, opt_state, v)
+  return space.after_step(c, optax.apply_updates(v, updates), eps, **where), opt_state
 
 
 def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: jax.Array,
@@ -90,11 +98,12 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
 
   Args:
     c: clean vectors [B, m]; images: the queried images [B, H, W, C]; weights: 1 for real rows, 0 for
-      padding rows [B]; key: init randomness; radius: optional per-row L2 radius [B] (default
-      cfg.eps for every row); a row of radius 0 stays exactly at c but still enters the poisoned
-      gradient (LFP's clean rows D_c); params: substitute decoder params; target_grad: g_t.
+      padding rows [B]; key: init randomness (each row folds in its own values: `space.init`);
+      radius: optional per-row L2 radius [B] (default cfg.eps for every row); a row of radius 0
+      stays exactly at c but still enters the poisoned gradient (LFP's clean rows D_c);
+      params: substitute decoder params; target_grad: g_t.
     loss_fn: `decoder_loss_fn(...)`; cfg: config.lpa (eps, steps, tau, milestones, restarts, mode,
-      distance).
+      distance, space, log_bound).
 
   Returns:
     (defended vectors [B, m], per-row alignment loss of the returned vectors [B]; in aggregate mode
@@ -103,11 +112,13 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
   eps = cfg.eps if radius is None else radius
   opt = delta_optimizer(cfg)
   per_example = cfg.mode == 'per_example'
+  where = dict(space=cfg.space, log_bound=cfg.log_bound)
+  to_vector = lambda v: space.defended(c, v, eps, **where)
   objective = alignment_objective(images, weights, params=params, target_grad=target_grad,
                                   loss_fn=loss_fn, cfg=cfg)
 
-  def row_losses(delta):
-    probs = feasible.project(c, c + delta, eps)
+  def row_losses(v):
+    probs = to_vector(v)
     if per_example:
       one = lambda p, x: alignment.per_example_alignment_loss(
           p[None], loss_fn=loss_fn, params=params, images=x[None], target_grad=target_grad,
@@ -116,26 +127,25 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
     return jnp.full(c.shape[:1], objective(probs))
 
   def one_restart(key):
-    # Random per-vector start inside the feasible set (the paper: unique init per vector).
-    lim = eps if radius is None else radius[:, None]
-    delta = jax.random.uniform(key, c.shape, c.dtype, -lim, lim)
-    delta = feasible.project(c, c + delta, eps) - c
-    state = opt.init(delta)
+    # Random per-vector start inside the feasible set (the paper: unique init per vector); with
+    # cfg.steps = 0 this is exactly the `random` control defense.
+    v = space.init(key, c, eps if radius is None else radius[:, None], **where)
 
     def body(_, carry):
-      return crafting_round(*carry, c, eps, radius, objective=objective, opt=opt)
+      return crafting_round(*carry, c, eps, radius, objective=objective, opt=opt,
+                            space_name=cfg.space, log_bound=cfg.log_bound)
 
-    delta, _ = jax.lax.fori_loop(0, cfg.steps, body, (delta, state))
-    return delta, row_losses(delta)
+    v, _ = jax.lax.fori_loop(0, cfg.steps, body, (v, opt.init(v)))
+    return to_vector(v), row_losses(v)
 
-  keys = jax.random.split(key, cfg.restarts)
-  best_delta, best_loss = one_restart(keys[0])
+  keys = space.restart_keys(key, cfg.restarts)
+  best, best_loss = one_restart(keys[0])
   for k in keys[1:]:  # static count: unrolled, still one compilation
-    delta, loss = one_restart(k)
+    out, loss = one_restart(k)
     better = (loss < best_loss)[:, None]
-    best_delta = jnp.where(better, delta, best_delta)
+    best = jnp.where(better, out, best)
     best_loss = jnp.minimum(loss, best_loss)
-  return c + best_delta, best_loss
+  return best, best_loss
 
 
 class Crafter:
@@ -156,7 +166,9 @@ class Crafter:
     if self.cfg.batch_size % self.mesh.devices.size:
       raise ValueError(f'lpa.batch_size={self.cfg.batch_size} must be a multiple of the '
                        f'{self.mesh.devices.size} devices')
-    loss_fn = decoder_loss_fn(model, variables['batch_stats'], config.attack, self.cfg.loss)
+    space.check(self.cfg.space)
+    loss_fn = decoder_loss_fn(model, variables['batch_stats'], config.attack, self.cfg.loss,
+                              self.cfg.batchnorm)
     self.params = parallel.replicate(variables['params'], self.mesh)
     self.target_grad = parallel.replicate(target_grad, self.mesh)
     self.craft_fn = jax.jit(functools.partial(craft_batch, loss_fn=loss_fn, cfg=self.cfg))
@@ -174,7 +186,7 @@ class Crafter:
       arrays += (np.asarray(radius, probs.dtype),)
     for start, n, batch in parallel.padded_batches(arrays, b, mesh=self.mesh):
       c, x, *rad, w = batch
-      key = jax.random.fold_in(jax.random.key(seed), start // b)
+      key = jax.random.key(seed)  # rows draw their own start from it (space.row_keys)
       defended, loss = self.craft_fn(c, x, w, key, *rad, params=self.params,
                                      target_grad=self.target_grad)
       out.append(np.asarray(defended)[:n])
@@ -188,19 +200,21 @@ def fit(setup) -> dict:
   """Trains (or loads) the substitute and computes the target gradient over private training data."""
   model, variables = train_substitute(setup)
   loss_fn = decoder_loss_fn(model, variables['batch_stats'], setup.config.attack,
-                            setup.config.lpa.loss)
+                            setup.config.lpa.loss, setup.config.lpa.batchnorm)
   g_t = target_gradient(loss_fn, variables['params'], setup.clean['private_train'],
                         setup.splits.private_train.images)
   crafter = Crafter(model=model, variables=variables, target_grad=g_t, config=setup.config,
                     mesh=setup.mesh)
   return {'crafter': crafter, 'workdir': setup.workdir, 'seed': setup.config.seed,
-          'tag': cache_tag(setup.config, setup.config.lpa)}
+          'tag': cache_tag(setup.config, setup.config.lpa, variables, g_t)}
 
 
-def cache_tag(config, section) -> str:
-  """Names crafted vectors in the perturbation cache: the crafting settings and the substitute."""
-  return checkpoints.fingerprint([section.to_dict(), substitute.stage_name(config),
-                                  substitute.decoder_section(config).to_dict()])
+def cache_tag(config, section, variables, g_t) -> str:
+  """What crafted vectors depend on besides the queries: the crafting settings, the attack transform,
+  the seed, the substitute (its stage and variables) and g_t (which carries the private data)."""
+  return checkpoints.fingerprint([section.to_dict(), config.attack.to_dict(), config.seed,
+                                  substitute.stage_name(config),
+                                  checkpoints.exact_fingerprint(variables, g_t)])
 
 
 def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:
@@ -208,15 +222,14 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
   if images is None:
     raise ValueError('LPA needs the queried images: its poisoned gradient is R(I(c\'), x)')
   probs = np.asarray(probs, np.float32)
-  key = f'lpa_{state["tag"]}_{checkpoints.array_fingerprint(probs)}'
-  path = os.path.join(state['workdir'], 'perturbations', key + '.npz')
-  if os.path.exists(path):
-    with np.load(path) as f:
-      return f['defended']
-  defended, losses = state['crafter'](probs, images, seed=state['seed'])
-  logging.info('LPA crafted %d vectors: mean alignment loss %.4f', len(probs), float(np.mean(losses)))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, defended=defended, delta=defended - probs, clean=probs, alignment_loss=losses)
-  os.replace(tmp, path)
-  return defended
+  images = np.asarray(images, np.float32)
+
+  def craft():
+    defended, losses = state['crafter'](probs, images, seed=state['seed'])
+    logging.info('LPA crafted %d vectors: mean alignment loss %.4f', len(probs),
+                 float(np.mean(losses)))
+    return {'defended': defended, 'delta': defended - probs, 'clean': probs,
+            'alignment_loss': losses}
+
+  key = checkpoints.fingerprint([state['tag'], checkpoints.exact_fingerprint(probs, images)])
+  return cache.cached(state['workdir'], 'lpa', key, craft)

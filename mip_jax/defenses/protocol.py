@@ -5,6 +5,9 @@ A defense is a module (or an object, like `bido.COCO`) with:
   REPLACES_CLASSIFIER: bool    True for retraining defenses (MID, BiDO): the deployed model is the
                                retrained one, so its own outputs on private data are what an
                                attacker inverts; False for post-processing units
+  LABEL_PRESERVING: bool       optional (default False): True where every served vector keeps the
+                               clean argmax by construction; `experiment` then takes model accuracy
+                               from the clean vectors instead of defending the private test set
   fit(setup) -> state          train / craft what it needs (cached stages of setup.workdir)
   apply(state, probs, *, images=None) -> defended vectors [N, m] for clean vectors `probs` [N, m]
                                of `images` (those that need the queried images raise without them)

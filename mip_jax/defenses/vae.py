@@ -36,13 +36,12 @@ from mip_jax.losses import alignment
 from mip_jax.models import vae as vae_model
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)
 
 STAGE = 'vae'
 # Rows whose candidate moves no entry by this much have a numerically 0/0 projection gradient.
 _STUCK = 1e-18
 _ALIGNMENTS = ('per_example', 'aggregate')
-
-
 def make_generator(cfg, num_classes: int):
   """The generator module from config.vae (latent, hidden, eps)."""
   return vae_model.PerturbationVAE(num_classes=num_classes, latent=cfg.latent,
