@@ -13,12 +13,12 @@ def _find(rows, **labels):
 
 
 def _cmp(a: dict, b: dict, metric: str = 'attack_acc') -> str:
-  """'lower (41.2% vs 80.3%)' / 'higher' / 'within noise', a against b."""
+  """'41.2% lower than 80.3%' / '... higher than ...' / '... within noise of ...', a against b."""
   d = a[metric] - b[metric]
   noise = a.get(metric + '_std', 0) + b.get(metric + '_std', 0)
-  word = 'within noise' if abs(d) <= noise else ('lower' if d < 0 else 'higher')
+  word = 'within noise of' if abs(d) <= noise else ('lower than' if d < 0 else 'higher than')
   f = (lambda v: f'{100 * v:.1f}%') if metric.endswith('acc') else (lambda v: f'{v:.4f}')
-  return f'{word} ({f(a[metric])} vs {f(b[metric])})'
+  return f'{f(a[metric])}, {word} {f(b[metric])}'
 
 
 def _vs_baseline(rows, group_keys, defense_key, baseline, defended):
@@ -37,7 +37,7 @@ def _vs_baseline(rows, group_keys, defense_key, baseline, defended):
       r = _find(rows, **dict(g), **{defense_key: name})
       if r is not None:
         where = ', '.join(f'{k}={v}' for k, v in g)
-        lines.append(f'{where}: {name} attack accuracy {_cmp(r, base)} than {baseline}')
+        lines.append(f'{where}: {name} attack accuracy {_cmp(r, base)} ({baseline})')
   return lines
 
 
@@ -67,8 +67,8 @@ def table6(rows):
     for r in lpa:
       ctl = _find(rows, attacker=attacker, eps=r['eps'], defense='random control')
       if ctl is not None:
-        lines.append(f'attacker {attacker}, eps {r["eps"]}: LPA {_cmp(r, ctl)} than the random '
-                     f'control at the same radius')
+        lines.append(f'attacker {attacker}, eps {r["eps"]}: LPA attack accuracy {_cmp(r, ctl)} '
+                     f'(the random control at the same radius)')
   return lines
 
 
@@ -79,8 +79,8 @@ def table10(rows):
     for name in ('lpa', 'random'):
       r = _find(rows, defense=name, attacker=attacker)
       if r is not None and base is not None:
-        lines.append(f'attacker {attacker}: {name} attack accuracy {_cmp(r, base)} than no '
-                     f'defense against the same attacker')
+        lines.append(f'attacker {attacker}: {name} attack accuracy {_cmp(r, base)} '
+                     f'(no defense, same attacker)')
   return lines
 
 

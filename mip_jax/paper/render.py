@@ -14,15 +14,15 @@ from mip_jax import reference  # noqa: E402
 
 METRICS = ('model_acc', 'conf_dist', 'attack_acc', 'recon_error')
 # Diagnostics some rows carry (issue 9): shown when present.
-OPTIONAL = ('zero_fraction', 'input_shift')
+OPTIONAL = ('zero_fraction', 'input_shift', 'evaluator_acc')
 HEADERS = {'model_acc': 'Model Acc.', 'conf_dist': 'Conf. Dist.', 'attack_acc': 'Attack Acc.',
            'recon_error': 'Recon. Error', 'zero_fraction': 'Zero frac.',
-           'input_shift': 'Input shift', 'atta_loss': 'Atta. loss', 'defe_loss': 'Defe. loss',
+           'input_shift': 'Input shift', 'evaluator_acc': 'E on real images', 'atta_loss': 'Atta. loss', 'defe_loss': 'Defe. loss',
            'atta_data': 'Atta. data', 'defe_data': 'Defe. data', 'eps': 'eps',
            'attacker': 'Attacker', 'defense': 'Defense', 'substitute': 'Substitute',
            'architecture': 'Architecture', 'relation': 'Attacker vs substitute', 'param': 'Parameter',
            'value': 'Value'}
-PERCENT = ('model_acc', 'attack_acc', 'zero_fraction')
+PERCENT = ('model_acc', 'attack_acc', 'zero_fraction', 'evaluator_acc')
 
 
 def aggregate(labels: list[dict], per_seed: list[list[dict]]) -> list[dict]:
