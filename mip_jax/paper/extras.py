@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from mip_jax import stages
+from mip_jax import defenses, stages
 from mip_jax.attacks import transforms
 from mip_jax.defenses import lpa
 from mip_jax.paper import experiments, render
@@ -34,7 +34,6 @@ def fig3_seed(runner, *, with_figure: str | None = None) -> list[dict]:
     cell = (experiments.control_cell(config, config.lpa.eps) if name == 'random'
             else experiments.Cell('lpa'))
     cs = runner.cell_setup(cell.overrides)
-    from mip_jax import defenses
     module = defenses.get(name)
     defended[name] = np.asarray(module.apply(module.fit(cs), clean, images=queries.images))
   z_clean = np.asarray(transforms.attacker_input(clean, config.attack))

@@ -17,7 +17,8 @@ METRICS = ('model_acc', 'conf_dist', 'attack_acc', 'recon_error')
 OPTIONAL = ('zero_fraction', 'input_shift', 'evaluator_acc')
 HEADERS = {'model_acc': 'Model Acc.', 'conf_dist': 'Conf. Dist.', 'attack_acc': 'Attack Acc.',
            'recon_error': 'Recon. Error', 'zero_fraction': 'Zero frac.',
-           'input_shift': 'Input shift', 'evaluator_acc': 'E on real images', 'atta_loss': 'Atta. loss', 'defe_loss': 'Defe. loss',
+           'input_shift': 'Input shift', 'evaluator_acc': 'E on real images',
+           'atta_loss': 'Atta. loss', 'defe_loss': 'Defe. loss',
            'atta_data': 'Atta. data', 'defe_data': 'Defe. data', 'eps': 'eps',
            'attacker': 'Attacker', 'defense': 'Defense', 'substitute': 'Substitute',
            'architecture': 'Architecture', 'relation': 'Attacker vs substitute', 'param': 'Parameter',
