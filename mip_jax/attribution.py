@@ -58,14 +58,22 @@ MAIN = (
 ATTACKERS = ('none', 'floor', 'prob')
 ATTACKER_NAMES = {'none': 'paper (log)', 'floor': 'floor', 'prob': 'prob'}
 
-# Levers, each changed alone from `lpa (zero-free)` (the controls of the same space come along).
+# Levers, each changed alone from `lpa (zero-free)` (its control and `none` come along; the rows
+# shared with MAIN reuse its stages in the same workdir). Restarts 4, not Witches' Brew's 8: crafting
+# cost grows with them and 2 CPU cores are the budget here.
 ABLATION = (
     row('none', 'none'),
     row('random (zero-free)', 'random', lpa__space='log'),
     row('lpa (zero-free)', 'lpa', lpa__space='log'),
     row('per-example', 'lpa', lpa__space='log', lpa__mode='per_example'),
-    row('restarts 8', 'lpa', lpa__space='log', lpa__restarts=8),
+    row('restarts 4', 'lpa', lpa__space='log', lpa__restarts=4),
+    row('ensemble 3 (seeds)', 'lpa', lpa__space='log', lpa__ensemble_size=3),
+    row('ensemble 3 (widths, depths)', 'lpa', lpa__space='log', lpa__ensemble_size=3,
+        lpa__ensemble_vary='arch'),
     row('BatchNorm as in training', 'lpa', lpa__space='log', lpa__batchnorm='train'),
+    row('substitute reads floor', 'lpa', lpa__space='log', substitute__transform='floor'),
+    row('decoy: mean query image', 'lpa', lpa__space='log', lpa__objective='decoy_mean'),
+    row('decoy: next private class', 'lpa', lpa__space='log', lpa__objective='decoy_class'),
     row('step tau 0.03', 'lpa', lpa__space='log', lpa__tau=0.03),
     row('step tau 0.3', 'lpa', lpa__space='log', lpa__tau=0.3),
     row('random eps 0.03', 'random', lpa__space='log', lpa__eps=0.03),
