@@ -103,7 +103,8 @@ def test_table3_and_table4_vary_the_substitute_and_the_attacker(saves, config, w
   before = len(saves)
   paper.run('table3', config, workdir)
   rows = load(workdir, 'table3')['rows']
-  assert len(rows) == 6
+  assert [(r['atta_data'], r['defe_data']) for r in rows] == [
+      (a, d) for a in ('D1', 'D2') for d in ('No-defense', 'D1', 'D2', 'random control')]
   new = collections.Counter(s for s, e in saves[before:] if e == 1)
   assert sum(v for k, v in new.items() if k.startswith('substitute')) == 2  # on D1 and on D2
   before = len(saves)

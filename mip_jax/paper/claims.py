@@ -47,7 +47,8 @@ def table2(rows):
 
 
 def table3(rows):
-  return _vs_baseline(rows, ('atta_data', 'attacker'), 'defe_data', 'No-defense', ('D1', 'D2'))
+  return _vs_baseline(rows, ('atta_data', 'attacker'), 'defe_data', 'No-defense',
+                      ('D1', 'D2', 'random control'))
 
 
 def table4(rows):

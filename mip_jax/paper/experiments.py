@@ -79,7 +79,6 @@ def table2(config) -> Spec:
 
 def table3(config) -> Spec:
   """Attack data D1/D2 (halves of the queries) x the substitute's data D1/D2."""
-  del config
   rows = []
   names = {'half1': 'D1', 'half2': 'D2'}
   for att in ('half1', 'half2'):
@@ -89,6 +88,8 @@ def table3(config) -> Spec:
       rows.append((lab('No-defense'), Cell('none', base, attacker)))
       for sub in ('half1', 'half2'):
         rows.append((lab(names[sub]), Cell('lpa', base + (('substitute.data', sub),), attacker)))
+      if has_control():
+        rows.append((lab('random control'), control_cell(config, config.lpa.eps, base, attacker)))
   return Spec('table3', 'Table III: attack data and the substitute\'s data (query halves D1, D2)',
               ('atta_data', 'defe_data', 'attacker'), rows, 'table3', ('atta_data', 'defe_data'))
 
