@@ -18,6 +18,25 @@ SEEDS = flags.DEFINE_list('seeds', None, 'Run once per seed (in <workdir>/seed_<
                           'mean and std over seeds, e.g. --seeds=0,1,2. Default: config.seed only.')
 
 
+# Several JAX processes (hosts): every process runs the same command with its own --process_id.
+COORDINATOR = flags.DEFINE_string('coordinator_address', None, "Join a JAX cluster: process 0's "
+                                  'host:port (with --num_processes and --process_id).')
+NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Join a JAX cluster: how many processes.')
+PROCESS_ID = flags.DEFINE_integer('process_id', None, "Join a JAX cluster: this process's index.")
+DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Join the JAX cluster the environment '
+                                'describes (SLURM, Open MPI, Cloud TPU, JAX_COORDINATOR_ADDRESS).')
+
+
+def join_cluster() -> None:
+  """`jax.distributed.initialize` from the flags above when asked; must run before any JAX work."""
+  from mip_jax import parallel
+  try:
+    parallel.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value,
+                        from_environment=DISTRIBUTED.value)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
+
+
 def workdir_for(config) -> str:
   return WORKDIR.value or os.path.join('runs', config.dataset)
 
@@ -29,6 +48,7 @@ def run_protocol(defenses, attackers=None) -> None:
   """
   from mip_jax import experiment  # noqa: late import keeps `--help` fast
   from mip_jax.data import DatasetNotFoundError
+  join_cluster()
   log_devices()
   config = CONFIG.value
   workdir = workdir_for(config)
@@ -40,10 +60,16 @@ def run_protocol(defenses, attackers=None) -> None:
       result = experiment.run(config, workdir, defenses_to_run=defenses, attackers=attackers)
   except DatasetNotFoundError as e:
     sys.exit(f'error: {e}')
-  print(result['table'])
-  print(f'results written to {workdir}')
+  if is_main_process():  # process 0 wrote the files; the others would print the same
+    print(result['table'])
+    print(f'results written to {workdir}')
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0
 
 
 def log_devices() -> None:
-  logging.info('JAX %s, backend %s, devices: %s', jax.__version__, jax.default_backend(),
-               jax.devices())
+  logging.info('JAX %s, backend %s, process %d of %d, devices: %s (local: %d)', jax.__version__,
+               jax.default_backend(), jax.process_index(), jax.process_count(), jax.devices(),
+               jax.local_device_count())

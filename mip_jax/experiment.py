@@ -41,7 +41,8 @@ def prepare(config, workdir: str, *, mesh=None) -> Setup:
   mesh = mesh or parallel.data_mesh()
   # Config errors surface before any data is read or any stage is trained.
   check_geometry((config.image_size, config.image_size, config.channels), config.decoder.blocks)
-  splits = load_splits(config)
+  # A dataset built on first use is built by process 0; the other processes then read it.
+  splits = parallel.main_process_first(lambda: load_splits(config), 'load_splits')
   logging.info('%s: %d private train / %d private test / %d attack train images of %s, %d devices',
                config.dataset, len(splits.private_train.labels), len(splits.private_test.labels),
                len(splits.attack_train.labels), splits.image_shape, mesh.devices.size)

@@ -188,3 +188,37 @@ def test_ensemble_members_are_distinct_substitutes(tiny_setup):
   c.substitute.transform = 'floor'
   from mip_jax import substitute
   assert substitute.stage_name(c) != substitute.stage_name(tiny_setup.config)
+
+
+@pytest.mark.parametrize('objective', ['untargeted', 'decoy_mean', 'decoy_class'])
+def test_a_step_along_the_defensive_gradient_does_what_its_objective_says(tiny_setup, objective):
+  """g_t is what the attacker's update should follow (theta -= lr * g_p with g_p aligned to g_t):
+  untargeted, it must raise the private reconstruction error; targeted, lower the error toward the
+  decoys (a sign error in either would make LPA poison the wrong way)."""
+  from mip_jax import substitute
+  cfg = tiny_setup.config.lpa.copy_and_resolve_references()
+  cfg.objective = objective
+  model, variables = substitute.train_substitute(tiny_setup)
+  loss_fn = lpa.decoder_loss_fn(model, variables['batch_stats'], tiny_setup.config.attack)
+  g_t = lpa.defensive_gradient(loss_fn, variables['params'], tiny_setup, cfg)
+  private = tiny_setup.splits.private_train
+  probs, ones = tiny_setup.clean['private_train'], np.ones(len(private.labels), np.float32)
+  if objective == 'untargeted':
+    target, sign = private.images, +1        # the private error must go up
+  elif objective == 'decoy_mean':
+    target = np.broadcast_to(tiny_setup.splits.attack_train.images.mean(0), private.images.shape)
+    sign = -1                                # the error toward the decoy must go down
+  else:
+    classes = np.unique(private.labels)
+    means = {k: private.images[private.labels == k].mean(0) for k in classes}
+    target = np.stack([means[classes[(list(classes).index(y) + 1) % len(classes)]]
+                       for y in private.labels])
+    sign = -1
+  target = np.ascontiguousarray(target, np.float32)
+  before = float(loss_fn(variables['params'], probs, target, ones))
+  stepped = optax.apply_updates(variables['params'], optax.tree.scale(-1e-2, g_t))
+  after = float(loss_fn(stepped, probs, target, ones))
+  assert sign * (after - before) > 0
+  with pytest.raises(ValueError, match='lpa.objective'):
+    cfg.objective = 'decoy'
+    lpa.defensive_gradient(loss_fn, variables['params'], tiny_setup, cfg)

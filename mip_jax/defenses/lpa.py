@@ -192,7 +192,9 @@ class Crafter:
       loss_fn, params, target_grads = loss_fn[0], params[0], target_grads[0]
     self.params = parallel.replicate(params, self.mesh)
     self.target_grad = parallel.replicate(target_grads, self.mesh)
-    self.craft_fn = jax.jit(functools.partial(craft_batch, loss_fn=loss_fn, cfg=self.cfg))
+    # Replicated outputs: with several processes every one of them reads the whole crafted batch.
+    self.craft_fn = jax.jit(functools.partial(craft_batch, loss_fn=loss_fn, cfg=self.cfg),
+                            out_shardings=parallel.replicated(self.mesh))
 
   def __call__(self, probs: np.ndarray, images: np.ndarray, *, seed: int,
                radius: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
