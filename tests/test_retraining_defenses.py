@@ -18,7 +18,7 @@ from mip_jax.models.feature_classifier import FeatureClassifier
 from mip_jax.models.vib_classifier import VIBClassifier
 
 NAMES = ('mid', 'bido_coco', 'bido_hsic', 'purification')
-STAGES = {'mid': 'classifier_mid', 'bido_coco': 'classifier_bido_coco',
+STAGES = {'mid': 'classifier_mid_beta0.01', 'bido_coco': 'classifier_bido_coco',
           'bido_hsic': 'classifier_bido_hsic', 'purification': 'purifier'}
 # The step function each stage trains with: patched to None to prove a second fit trains nothing.
 STEPS = {'mid': (mid, 'mid_step'), 'bido_coco': (bido, 'bido_step'),

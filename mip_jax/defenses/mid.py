@@ -4,7 +4,7 @@ The deployed model is `models.vib_classifier.VIBClassifier` (the conv trunk and 
 of config.classifier, then a bottleneck of half the hidden layer's width before the last layer),
 trained on the private data with cross-entropy + beta * KL(N(mu, std^2) || N(0, I))
 (config.mid.beta; MID and the paper's Table I: 0.01, 0.001 on CIFAR-10). It is a stage of its own,
-`classifier_mid`, trained with `stages.train_classifier` and the step below.
+`classifier_mid_beta<beta>`, trained with `stages.train_classifier` and the step below.
 
 A retrained classifier is not a post-processor: `apply` returns the MID classifier's vectors for the
 queried images and ignores the undefended vectors except for checking their shape. Conf Dist then
@@ -68,8 +68,13 @@ def make_model(config, num_classes: int) -> VIBClassifier:
                        hidden_mult=section.hidden_mult, dropout=section.dropout)
 
 
+def stage_name(beta: float) -> str:
+  """'classifier_mid_beta<beta>': one stage per beta, so a sweep over beta (Figure 8) shares a workdir."""
+  return f'{STAGE}_beta{beta:g}'
+
+
 def train_mid(setup):
-  """Trains (or loads) stage 'classifier_mid' on the private training data; (model, variables)."""
+  """Trains (or loads) stage `stage_name(beta)` on the private training data; (model, variables)."""
   config = setup.config
   beta = float(config.mid.beta)
   if not beta >= 0:
@@ -77,7 +82,7 @@ def train_mid(setup):
   data = setup.splits.private_train
   m = setup.splits.num_private_classes
   return stages.train_classifier(
-      config.classifier, data.images, data.labels, m, workdir=setup.workdir, stage=STAGE,
+      config.classifier, data.images, data.labels, m, workdir=setup.workdir, stage=stage_name(beta),
       seed=config.seed, mesh=setup.mesh, model=make_model(config, m),
       step=lambda s, b, r, model: mid_step(s, b, r, model=model, beta=beta),
       fingerprint_extra=['mid', {'beta': beta}, data_fingerprint(config)])

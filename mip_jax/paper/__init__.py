@@ -1,0 +1,134 @@
+"""Every experiment of the paper as one function call (`python -m launch.paper --experiment=NAME`).
+
+  result = paper.run('table6', config, 'runs/paper', seeds=[0, 1, 2])
+
+Writes `<workdir>/<name>.md` (the paper's layout, the paper's numbers beside ours), `<name>.json` and
+`<name>*.png` where the paper has a figure. Each seed runs in `<workdir>/seed_<s>`, shared by all
+experiments: the classifier, evaluator, substitutes, crafted vectors and every measured cell are
+reused across experiments and reruns (`cells.Runner`), so a killed run resumes where it stopped.
+"""
+
+import os
+
+import numpy as np
+
+from mip_jax.paper import cells, claims, experiments, extras, render
+
+EXPERIMENTS = tuple(experiments.CELL_EXPERIMENTS) + ('fig3', 'table8')
+
+
+def check_name(name: str) -> str:
+  if name not in EXPERIMENTS:
+    raise ValueError(f'unknown experiment {name!r}; known: {", ".join(EXPERIMENTS)}')
+  return name
+
+
+def seed_config(config, seed: int):
+  c = config.copy_and_resolve_references()
+  c.seed = int(seed)
+  return c
+
+
+def run(name: str, config, workdir: str, *, seeds=None, mesh=None) -> dict:
+  """Runs experiment `name` for each seed and writes its files; returns {'markdown', 'rows', ...}."""
+  check_name(name)
+  seeds = [int(s) for s in (seeds or [config.seed])]
+  os.makedirs(workdir, exist_ok=True)
+  runners = (cells.Runner(seed_config(config, s), os.path.join(workdir, f'seed_{s}'), mesh=mesh)
+             for s in seeds)
+  if name == 'fig3':
+    return _fig3(config, workdir, seeds, runners)
+  if name == 'table8':
+    return _table8(config, workdir, seeds, runners)
+
+  spec = experiments.CELL_EXPERIMENTS[name](config)
+  labels = [dict(lab, cell_defense=cell.defense) for lab, cell in spec.rows]
+  per_seed, figures = [], []
+  for i, runner in enumerate(runners):
+    per_seed.append(runner.rows([cell for _, cell in spec.rows]))
+    if i == 0:
+      figures = _figures(name, spec, runner, workdir)
+  rows = render.aggregate(labels, per_seed)
+  attackers = list(dict.fromkeys(r['attacker'] for r in rows))
+  if name == 'fig8':
+    render.tradeoff_figure(os.path.join(workdir, 'fig8.png'), rows, attackers=attackers)
+    figures.append('fig8.png')
+  if name == 'fig10':
+    render.eps_eta_figure(os.path.join(workdir, 'fig10.png'), rows, attackers=attackers)
+    figures.append('fig10.png')
+  text = render.write(workdir, spec, rows, dataset=config.dataset, seeds=seeds,
+                      config=config.to_dict(), claims=claims.CLAIMS[name](rows), figures=figures)
+  return {'markdown': text, 'rows': rows, 'files': [f'{name}.md', f'{name}.json'] + figures}
+
+
+def _figures(name, spec, runner, workdir) -> list[str]:
+  """Reconstruction grids of the first seed: Figure 5 (table4) and Figure 7 (table6)."""
+  if name not in ('table4', 'table6'):
+    return []
+  grid = {}
+  for lab, cell in spec.rows:
+    if cell.attacker != 'none':
+      continue
+    title = ' '.join(str(lab[c]) for c in spec.columns if c not in ('attacker', 'substitute'))
+    grid[title] = runner.reconstructions(cell)
+  fname = {'table4': 'table4_fig5.png', 'table6': 'table6_fig7.png'}[name]
+  from mip_jax import report
+  report.save_reconstructions(os.path.join(workdir, fname), runner.figure_images(), grid)
+  return [fname]
+
+
+def _fig3(config, workdir, seeds, runners) -> dict:
+  spec = experiments.Spec('fig3', 'Figure 3: poisoned vs clean query vectors', ('defense',), [])
+  per_seed = []
+  for i, runner in enumerate(runners):
+    fig = os.path.join(workdir, 'fig3.png') if i == 0 else None
+    per_seed.append(extras.fig3_seed(runner, with_figure=fig))
+  keys = ('l2_probs', 'l2_features', 'probe_acc')
+  rows = []
+  for j, row in enumerate(per_seed[0]):
+    out = {'defense': row['defense']}
+    for k in keys:
+      v = np.asarray([rs[j][k] for rs in per_seed])
+      out[k], out[k + '_std'] = float(v.mean()), float(v.std())
+    rows.append(out)
+  lines = [f'# {spec.title}', '', f'{config.dataset}, {len(seeds)} seed(s) {seeds}: mean ± std.', '',
+           '| Defense | L2 (probabilities) | L2 (attacker input features) | '
+           'Linear probe accuracy clean vs poisoned |', '|---|---|---|---|']
+  for r in rows:
+    lines.append(f'| {r["defense"]} | {r["l2_probs"]:.5f} ± {r["l2_probs_std"]:.5f} | '
+                 f'{r["l2_features"]:.3f} ± {r["l2_features_std"]:.3f} | '
+                 f'{100 * r["probe_acc"]:.1f}% ± {100 * r["probe_acc_std"]:.1f} |')
+  lines += ['', 'The paper shows (Fig. 3) that poisoned and clean vectors overlap under PCA and '
+            't-SNE. Probe accuracy 50% = indistinguishable to a linear classifier on the '
+            "attacker's input features (Yang's log transform).", '', '![fig3.png](fig3.png)']
+  text = '\n'.join(lines) + '\n'
+  render._atomic(os.path.join(workdir, 'fig3.md'), text)
+  render._atomic(os.path.join(workdir, 'fig3.json'), render.json.dumps(
+      {'experiment': 'fig3', 'seeds': seeds, 'rows': rows, 'per_seed': per_seed}, indent=1))
+  return {'markdown': text, 'rows': rows, 'files': ['fig3.md', 'fig3.json', 'fig3.png']}
+
+
+def _table8(config, workdir, seeds, runners) -> dict:
+  from mip_jax import reference
+  per_seed = [extras.table8_seed(r) for r in runners]
+  stats = {}
+  for k in ('training_s', 'inference_ms', 'poisoning_ms'):
+    v = np.asarray([p[k] for p in per_seed])
+    stats[k], stats[k + '_std'] = float(v.mean()), float(v.std())
+  lines = ['# Table VIII: time of classifier training, inference and LPA crafting', '',
+           f'{config.dataset}, {len(seeds)} seed(s) {seeds}: mean (standard deviation); this '
+           f'machine: CPU, LPA {per_seed[0]["lpa_steps"]} rounds, batches of '
+           f'{per_seed[0]["lpa_batch_size"]}, {per_seed[0]["samples"]} private test vectors.', '',
+           '| Dataset | Training | Inference | Poisoning |', '|---|---|---|---|',
+           f'| {config.dataset} (ours) | {stats["training_s"]:.1f}s ({stats["training_s_std"]:.2f}) '
+           f'| {stats["inference_ms"]:.3f}ms ({stats["inference_ms_std"]:.3f}) '
+           f'| {stats["poisoning_ms"]:.2f}ms ({stats["poisoning_ms_std"]:.2f}) |']
+  for p in reference.paper_rows('table8'):
+    lines.append(f'| {p["label"]} (paper) | {p["training_s"]}s ({p["training_s_std"]}) | '
+                 f'{p["inference_ms"]}ms ({p["inference_ms_std"]}) | '
+                 f'{p["poisoning_ms"]}ms ({p["poisoning_ms_std"]}) |')
+  text = '\n'.join(lines) + '\n'
+  render._atomic(os.path.join(workdir, 'table8.md'), text)
+  render._atomic(os.path.join(workdir, 'table8.json'), render.json.dumps(
+      {'experiment': 'table8', 'seeds': seeds, 'stats': stats, 'per_seed': per_seed}, indent=1))
+  return {'markdown': text, 'rows': [stats], 'files': ['table8.md', 'table8.json']}

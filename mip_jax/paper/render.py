@@ -1,0 +1,155 @@
+"""An experiment's rows over seeds as `<name>.md` (the paper's layout, the paper's numbers beside
+ours) and `<name>.json`, and the figures (PNG) where the paper has one."""
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')  # files only
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mip_jax import reference  # noqa: E402
+
+METRICS = ('model_acc', 'conf_dist', 'attack_acc', 'recon_error')
+# Diagnostics some rows carry (issue 9): shown when present.
+OPTIONAL = ('zero_fraction', 'input_shift', 'evaluator_acc')
+HEADERS = {'model_acc': 'Model Acc.', 'conf_dist': 'Conf. Dist.', 'attack_acc': 'Attack Acc.',
+           'recon_error': 'Recon. Error', 'zero_fraction': 'Zero frac.',
+           'input_shift': 'Input shift', 'evaluator_acc': 'E on real images',
+           'atta_loss': 'Atta. loss', 'defe_loss': 'Defe. loss',
+           'atta_data': 'Atta. data', 'defe_data': 'Defe. data', 'eps': 'eps',
+           'attacker': 'Attacker', 'defense': 'Defense', 'substitute': 'Substitute',
+           'architecture': 'Architecture', 'relation': 'Attacker vs substitute', 'param': 'Parameter',
+           'value': 'Value'}
+PERCENT = ('model_acc', 'attack_acc', 'zero_fraction', 'evaluator_acc')
+
+
+def aggregate(labels: list[dict], per_seed: list[list[dict]]) -> list[dict]:
+  """One row per label: metrics' mean and std over seeds, the per-seed values, the eps-eta mean."""
+  out = []
+  for i, lab in enumerate(labels):
+    group = [rows[i] for rows in per_seed]
+    row = dict(lab)
+    for k in METRICS + OPTIONAL:
+      if all(k in r and r[k] is not None for r in group):
+        v = np.asarray([r[k] for r in group], np.float64)
+        row[k], row[k + '_std'], row[k + '_seeds'] = float(v.mean()), float(v.std()), v.tolist()
+    curves = np.asarray([r['eps_eta'] for r in group], np.float64)
+    row['eps_eta'] = curves.mean(axis=0).tolist()
+    row['eps_eta_std'] = curves[:, :, 1].std(axis=0).tolist()
+    out.append(row)
+  return out
+
+
+def _fmt(row: dict, k: str) -> str:
+  if k not in row:
+    return '-'
+  if k == 'conf_dist' and row.get('cell_defense') == 'none' and row.get('attacker') == 'none':
+    return '-'  # no defense, no adaptive transform: the vectors are the clean ones
+  std = row.get(k + '_std')
+  if k in PERCENT:
+    return f'{100 * row[k]:.2f}%' + (f' ± {100 * std:.2f}' if std else '')
+  return f'{row[k]:.5f}' + (f' ± {std:.5f}' if std else '')
+
+
+def paper_match(spec, row: dict, paper_rows: list[dict]) -> dict | None:
+  """The paper's row with the same labels in `spec.paper_keys` (None when the paper has none)."""
+  for p in paper_rows:
+    if all(str(p.get(k)) == str(row.get(k)) for k in spec.paper_keys):
+      return p
+  return None
+
+
+def markdown(spec, rows: list[dict], *, dataset: str, seeds: list[int], claims: list[str],
+             figures: list[str]) -> str:
+  """The experiment's table (labels, our metrics, the paper's attack acc. and recon. error)."""
+  paper_rows = reference.paper_rows(spec.paper) if spec.paper else []
+  datasets = list(dict.fromkeys(p['dataset'] for p in paper_rows))
+  paper_dataset = 'mnist' if 'mnist' in datasets else (datasets[0] if datasets else None)
+  paper_rows = [p for p in paper_rows if p['dataset'] == paper_dataset]
+  optional = [k for k in OPTIONAL if any(k in r for r in rows)]
+  metrics = list(METRICS) + optional
+  head = [HEADERS.get(c, c) for c in spec.columns] + [HEADERS[m] for m in metrics]
+  if paper_rows:
+    head += [f'Paper Attack Acc. ({paper_dataset})', f'Paper Recon. Error ({paper_dataset})']
+  lines = [f'# {spec.title}', '',
+           f'{dataset}, {len(seeds)} seed(s) {seeds}: mean ± standard deviation over seeds.', '']
+  if spec.note:
+    lines += [spec.note, '']
+  lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for r in rows:
+    cells = [str(r.get(c, '')) for c in spec.columns] + [_fmt(r, m) for m in metrics]
+    if paper_rows:
+      same_attacker = r.get('attacker', 'none') == 'none' or 'attacker' in spec.paper_keys
+      p = paper_match(spec, r, paper_rows) if same_attacker else None
+      cells += [f'{100 * p["attack_acc"]:.2f}%' if p and p.get('attack_acc') is not None else '-',
+                f'{p["recon_error"]:.5f}' if p and p.get('recon_error') is not None else '-']
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  if claims:
+    lines += ['', '## What holds', ''] + [f'- {c}' for c in claims]
+  if figures:
+    lines += [''] + [f'![{f}]({f})' for f in figures]
+  return '\n'.join(lines) + '\n'
+
+
+def write(workdir: str, spec, rows: list[dict], *, dataset: str, seeds: list[int], config: dict,
+          claims: list[str], figures: list[str]) -> str:
+  """Writes `<name>.md` and `<name>.json` in workdir; returns the markdown."""
+  text = markdown(spec, rows, dataset=dataset, seeds=seeds, claims=claims, figures=figures)
+  doc = {'experiment': spec.name, 'title': spec.title, 'dataset': dataset, 'seeds': seeds,
+         'columns': list(spec.columns), 'paper_table': spec.paper, 'rows': rows,
+         'claims': claims, 'config': config}
+  _atomic(os.path.join(workdir, f'{spec.name}.json'), json.dumps(doc, indent=1, default=float))
+  _atomic(os.path.join(workdir, f'{spec.name}.md'), text)
+  return text
+
+
+def _atomic(path: str, text: str) -> None:
+  with open(path + '.tmp', 'w') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+# ---------------------------------------------------------------- figures
+
+def tradeoff_figure(path: str, rows: list[dict], *, attackers: list[str]) -> None:
+  """Figure 8: per defense, conf dist (x) against attack acc (y), error bars over seeds; one panel
+  per attacker."""
+  fig, axes = plt.subplots(1, len(attackers), figsize=(5.5 * len(attackers), 4.2), squeeze=False)
+  for ax, attacker in zip(axes[0], attackers):
+    mine = [r for r in rows if r['attacker'] == attacker]
+    for defense in dict.fromkeys(r['defense'] for r in mine):
+      pts = [r for r in mine if r['defense'] == defense]
+      pts.sort(key=lambda r: r['conf_dist'])
+      ax.errorbar([max(r['conf_dist'], 1e-6) for r in pts], [100 * r['attack_acc'] for r in pts],
+                  xerr=[r['conf_dist_std'] for r in pts],
+                  yerr=[100 * r['attack_acc_std'] for r in pts],
+                  marker='o', capsize=3, label=defense)
+    ax.set_xscale('log')
+    ax.set_xlabel('confidence distortion (L2, log scale)')
+    ax.set_ylabel('attack accuracy (%)')
+    ax.set_title(f'attacker: {attacker}')
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def eps_eta_figure(path: str, rows: list[dict], *, attackers: list[str]) -> None:
+  """Figure 10: eta (fraction of reconstructions with error > eps) over eps, one curve per defense."""
+  fig, axes = plt.subplots(1, len(attackers), figsize=(5.5 * len(attackers), 4.2), squeeze=False)
+  for ax, attacker in zip(axes[0], attackers):
+    for r in (r for r in rows if r['attacker'] == attacker):
+      curve = np.asarray(r['eps_eta'])
+      std = np.asarray(r['eps_eta_std'])
+      ax.plot(curve[:, 0], curve[:, 1], label=r['defense'])
+      ax.fill_between(curve[:, 0], curve[:, 1] - std, curve[:, 1] + std, alpha=0.2)
+    ax.set_xlabel('reconstruction error threshold epsilon')
+    ax.set_ylabel('fraction with error > epsilon (1 - eta)')
+    ax.set_title(f'attacker: {attacker}')
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

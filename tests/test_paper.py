@@ -1,0 +1,141 @@
+"""launch.paper's experiments end to end on the tiny digits config, sharing one workdir.
+
+Sweeps are cut to one or two values and the zero-robust attacker is left out of all but the first
+test (monkeypatched) to keep the module short; the full experiments run in `docs/results/`.
+"""
+
+import collections
+import json
+import os
+
+import pytest
+
+from configs import digits
+from mip_jax import checkpoints, paper
+from mip_jax.paper import cells, experiments
+
+
+@pytest.fixture(scope='module')
+def saves():
+  """Every (stage, epoch) saved during the module: a stage trained twice saves epoch 1 twice."""
+  log = []
+  original = checkpoints.StageCheckpoint.save
+
+  def save(self, epoch, state, **kwargs):
+    log.append((self.stage, epoch))
+    return original(self, epoch, state, **kwargs)
+
+  mp = pytest.MonkeyPatch()
+  mp.setattr(checkpoints.StageCheckpoint, 'save', save)
+  mp.setattr(experiments, 'PAPER_EPS', (0.05,))
+  mp.setattr(experiments, 'FIG8_SWEEPS', {'lpa': ('lpa.eps', (0.05,)),
+                                          'noise': ('noise.scale', (0.2, 0.5))})
+  yield log
+  mp.undo()
+
+
+@pytest.fixture(scope='module')
+def config(data_dir):
+  c = digits.get_config('tiny')
+  c.data_dir = data_dir
+  return c
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('paper'))
+
+
+def load(workdir, name):
+  with open(os.path.join(workdir, f'{name}.json')) as f:
+    return json.load(f)
+
+
+def test_table6_sweep_trains_shared_stages_once_and_resumes(saves, config, workdir):
+  paper.run('table6', config, workdir)
+  doc = load(workdir, 'table6')
+  rows = [(r['eps'], r['defense'], r['attacker']) for r in doc['rows']]
+  assert rows == [(e, d, a) for a in ('none', 'floor') for e, d in
+                  [('No-defense', 'none'), (0.01, 'lpa'), (0.01, 'random control'),
+                   (0.05, 'lpa'), (0.05, 'random control')]]
+  lpa = {r['eps']: r for r in doc['rows'] if r['defense'] == 'lpa' and r['attacker'] == 'none'}
+  assert 0 < lpa[0.01]['conf_dist'] <= 0.01 + 1e-6 < lpa[0.05]['conf_dist'] <= 0.05 + 1e-6
+  first = collections.Counter(stage for stage, epoch in saves if epoch == 1)
+  # One classifier, one evaluator, one substitute for the whole sweep; one attacker per cell.
+  assert first['classifier'] == first['eval_classifier'] == 1
+  assert sum(v for k, v in first.items() if k.startswith('substitute')) == 1
+  attackers = [k for k in first if k.startswith('attacker_')]
+  assert len(attackers) == 10 and all(first[k] == 1 for k in attackers)
+  text = open(os.path.join(workdir, 'table6.md')).read()
+  assert 'random control' in text and '## What holds' in text
+  assert os.path.getsize(os.path.join(workdir, 'table6_fig7.png')) > 1000
+  # A rerun (a resumed sweep, or another experiment with the same cells) trains nothing.
+  before = len(saves)
+  paper.run('table6', config, workdir)
+  assert len(saves) == before
+  assert load(workdir, 'table6')['rows'] == doc['rows']
+
+
+@pytest.fixture
+def paper_attacker_only(monkeypatch):
+  monkeypatch.setattr(experiments, 'zero_robust', lambda all_of_them=False: ())
+
+
+def test_table10_and_table2_share_cells_with_table6(saves, config, workdir, paper_attacker_only):
+  before = len(saves)
+  paper.run('table10', config, workdir)
+  doc = load(workdir, 'table10')
+  assert [(r['defense'], r['attacker']) for r in doc['rows']] == [
+      (d, a) for d in ('none', 'lpa', 'random') for a in ('none', 'noise', 'softmax')]
+  new = collections.Counter(s for s, e in saves[before:] if e == 1)
+  # none/lpa/random against 'none' were measured by table6: only 3 x 2 attackers are new.
+  assert sum(new.values()) == 6 and not any(s.startswith(('classifier', 'substitute')) for s in new)
+  assert 'Paper Attack Acc. (mnist)' in open(os.path.join(workdir, 'table10.md')).read()
+
+  paper.run('table2', config, workdir)
+  rows = load(workdir, 'table2')['rows']
+  assert [(r['atta_loss'], r['defe_loss']) for r in rows] == [
+      (a, d) for a in ('MSE', 'PSNR') for d in ('No-defense', 'MSE', 'PSNR', 'random control')]
+
+
+def test_table3_and_table4_vary_the_substitute_and_the_attacker(saves, config, workdir,
+                                                                 paper_attacker_only):
+  before = len(saves)
+  paper.run('table3', config, workdir)
+  rows = load(workdir, 'table3')['rows']
+  assert [(r['atta_data'], r['defe_data']) for r in rows] == [
+      (a, d) for a in ('D1', 'D2') for d in ('No-defense', 'D1', 'D2', 'random control')]
+  new = collections.Counter(s for s, e in saves[before:] if e == 1)
+  assert sum(v for k, v in new.items() if k.startswith('substitute')) == 2  # on D1 and on D2
+  before = len(saves)
+  paper.run('table4', config, workdir)
+  rows = load(workdir, 'table4')['rows']
+  assert [(r['relation'], r['defense']) for r in rows[:3]] == [
+      ('shallower', 'w/o'), ('shallower', 'w/'), ('shallower', 'random control')]
+  assert {r['architecture'] for r in rows} == {'3-TCNNs', '4-TCNNs', '5-TCNNs',
+                                               '4-TCNNs x2 width'}
+  new = collections.Counter(s for s, e in saves[before:] if e == 1)
+  assert sum(v for k, v in new.items() if k.startswith('substitute')) == 1  # the deeper one
+  assert os.path.exists(os.path.join(workdir, 'table4_fig5.png'))
+
+
+def test_figures_and_timing(saves, config, workdir, paper_attacker_only):
+  for name in ('fig8', 'fig10', 'fig3', 'table8'):
+    result = paper.run(name, config, workdir)
+    for f in result['files']:
+      assert os.path.getsize(os.path.join(workdir, f)) > 100, f
+  fig8 = load(workdir, 'fig8')['rows']
+  assert [(r['defense'], r['value']) for r in fig8] == [
+      ('none', '-'), ('lpa', 0.05), ('noise', 0.2), ('noise', 0.5), ('random', 0.05)]
+  fig3 = load(workdir, 'fig3')['rows']
+  assert [r['defense'] for r in fig3] == ['lpa', 'random']
+  assert all(0 <= r['probe_acc'] <= 1 and r['l2_probs'] <= 0.01 + 1e-6 for r in fig3)
+  t8 = load(workdir, 'table8')['stats']
+  assert t8['training_s'] > 0 and t8['inference_ms'] > 0 and t8['poisoning_ms'] > 0
+
+
+def test_bad_names_and_overrides_fail_clearly(config, workdir):
+  with pytest.raises(ValueError, match='unknown experiment'):
+    paper.run('table99', config, workdir)
+  with pytest.raises(KeyError, match="no field 'lpa.epsilon'"):
+    cells.apply_overrides(config, (('lpa.epsilon', 0.1),))
