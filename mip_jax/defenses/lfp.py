@@ -21,9 +21,8 @@ by about r (less with `swap`), as in the paper's Table I.
 import os
 
 import numpy as np
-from absl import logging
 
-from mip_jax import checkpoints
+from mip_jax import checkpoints, console
 from mip_jax.defenses import lpa
 
 
@@ -141,7 +140,7 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
       return f['defended']
   radius = np.where(mask, cfg.eps, 0.0).astype(np.float32)
   defended, losses = state['crafter'](centre, images, seed=state['seed'], radius=radius)
-  logging.info('LFP poisoned %d of %d vectors: mean alignment loss %.4f', int(mask.sum()),
+  console.say('LFP poisoned %d of %d vectors: mean alignment loss %.4f', int(mask.sum()),
                len(probs), float(np.mean(losses[mask])))
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + '.tmp.npz'

@@ -21,9 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 
-from mip_jax import checkpoints, parallel, stages
+from mip_jax import checkpoints, console, parallel, stages
 from mip_jax.attacks import transforms
 from mip_jax.defenses import feasible
 from mip_jax.losses import alignment, reconstruction
@@ -220,7 +219,7 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
     with np.load(path) as f:
       return f['defended']
   defended, losses = state['crafter'](probs, images, seed=state['seed'])
-  logging.info('LPA crafted %d vectors: mean alignment loss %.4f', len(probs), float(np.mean(losses)))
+  console.say('LPA crafted %d vectors: mean alignment loss %.4f', len(probs), float(np.mean(losses)))
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + '.tmp.npz'
   np.savez(tmp, defended=defended, delta=defended - probs, clean=probs, alignment_loss=losses)
