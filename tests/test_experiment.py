@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from mip_jax import defenses, experiment, stages
+from mip_jax import defenses, experiment, run_config, stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,6 +33,8 @@ def test_tiny_run_writes_sane_results_and_reuses_stages(tiny_config, tmp_path, m
   assert fracs[0] == 1.0 and all(a >= b for a, b in zip(fracs, fracs[1:]))
   assert '| none |' in open(os.path.join(workdir, 'results.md')).read()
   assert os.path.getsize(os.path.join(workdir, 'figures', 'reconstructions.png')) > 1000
+  assert os.path.getsize(os.path.join(workdir, 'figures', 'tradeoff.png')) > 1000
+  assert run_config.differences(run_config.load(workdir).to_dict(), tiny_config.to_dict()) == []
   for stage in ('classifier', 'eval_classifier', 'attacker_none'):
     assert os.path.isdir(os.path.join(workdir, 'checkpoints', stage))
 
