@@ -15,8 +15,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The undefended model next to LPA on the embedded digits: the table, results.md and the figures.
 demo: install
-	$(PY) -m launch.attack --config=$(CONFIG) --workdir=$(WORKDIR)
+	$(PY) -m launch.compare --config=$(CONFIG) --workdir=$(WORKDIR) --defenses=none,lpa
 
 test: install
 	$(PY) -m pytest tests
