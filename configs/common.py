@@ -56,6 +56,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.decoder.b2 = 0.999
   c.decoder.loss = 'mse'                # 'mse' or 'psnr' (Table II)
   c.decoder.impl = 'auto'               # transposed conv: 'gemm' (fast on CPU), 'lax', 'auto' (by platform)
+  c.decoder.extra_blocks = 0            # stride-1 blocks before the output layer (deeper, same size)
+
+  # The defender's substitute decoder I_sub (mip_jax/substitute.py). None: the attacker's setting in
+  # c.decoder. Tables II-IV vary it: loss, the half of the queries it sees, depth and width.
+  c.substitute = ml_collections.ConfigDict()
+  c.substitute.width = ml_collections.config_dict.placeholder(int)
+  c.substitute.blocks = ml_collections.config_dict.placeholder(int)
+  c.substitute.extra_blocks = ml_collections.config_dict.placeholder(int)
+  c.substitute.loss = ml_collections.config_dict.placeholder(str)  # training loss 'mse' / 'psnr'
+  c.substitute.epochs = ml_collections.config_dict.placeholder(int)
+  c.substitute.batch_size = ml_collections.config_dict.placeholder(int)
+  c.substitute.learning_rate = ml_collections.config_dict.placeholder(float)
+  c.substitute.data = 'all'             # attack queries it trains on: 'all', 'half1', 'half2'
 
   # What the attacker feeds its decoder (Yang et al.): 'log' (log-probs, top-k truncated) or 'prob'.
   c.attack = ml_collections.ConfigDict()
@@ -65,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.attack.reconstruct_from = 'clean'   # 'clean' (Definition 2) or 'defended' vectors of private data
   c.attack.adaptive = 'none'            # Table X: 'none', 'noise' or 'softmax' on received vectors
   c.attack.adaptive_noise_std = 1e-3    # std of the 'noise' adaptive attacker
+  c.attack.floor = 1e-8                 # the zero-robust 'floor' attacker clamps probabilities here
+                                        # before the log transform (an exact 0 is then just tiny)
+  c.attack.data = 'all'                 # queries the attacker sends: 'all', 'half1', 'half2' (Table III)
 
   # LPA crafting (Algorithm 1; Witches' Brew optimiser).
   c.lpa = ml_collections.ConfigDict()
@@ -77,6 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.lpa.batch_size = 128                # queries crafted together (split over devices)
   c.lpa.distance = 'cosine'             # 'cosine' (LPA) or 'mse' (the Poi_MSE ablation)
   c.lpa.loss = 'mse'                    # defender's reconstruction loss R (Table II: 'mse'/'psnr')
+  c.lpa.space = 'prob'                  # 'prob' (paper: entries can hit exactly 0) or 'log' (zero-free)
+  c.lpa.log_bound = 10.0                # 'log' space: |d_j| <= log_bound; step = tau * log_bound
+  c.lpa.batchnorm = 'eval'              # substitute's BatchNorm in the alignment: 'eval' or 'train'
 
   # LFP (Algorithms 2, 3): poison a budget of served vectors by reversing their rank order, then
   # fine-tune them with LPA's alignment crafting (same fields as c.lpa) around the reversed vectors.
@@ -93,6 +112,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.lfp.batch_size = 128
   c.lfp.distance = 'cosine'
   c.lfp.loss = 'mse'
+  c.lfp.space = 'prob'
+  c.lfp.log_bound = 10.0
+  c.lfp.batchnorm = 'eval'
 
   # Post-processing baselines (Tables VII and the ART postprocessors); each a defenses/ module.
   c.noise = ml_collections.ConfigDict()
@@ -117,6 +139,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.pgd.batch_size = 256
   c.poi_mse = ml_collections.ConfigDict()
   c.poi_mse.distance = 'mse'            # overrides of c.lpa for the Poi_MSE ablation (Table VII)
+  # The `random` control: LPA's start (c.lpa.space, c.lpa.eps, its feasible map) and no optimisation.
+  # It has no section of its own on purpose: it always matches the LPA it controls.
 
   # VAE perturbation generator (Table IX): c -> c' in one forward pass; a conditional VAE of LPA's
   # vectors trained with the per-example alignment loss (defenses/vae.py).

@@ -15,8 +15,8 @@ from mip_jax.attacks import adaptive
 flags.mark_flags_as_required(['config'])
 DEFENSES = flags.DEFINE_list('defenses', None, 'Defenses to compare (default: all): '
                              + ','.join(defenses.REGISTRY))
-ATTACKERS = flags.DEFINE_list('attackers', ['none'], 'Adaptive attackers (Table X): '
-                              + ','.join(adaptive.ADAPTIVE))
+ATTACKERS = flags.DEFINE_list('attackers', ['none'], "Attackers: the paper's 'none', the adaptive "
+                              "ones of Table X and the zero-robust ones: " + ','.join(adaptive.ATTACKERS))
 
 
 def main(argv):

@@ -13,11 +13,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from mip_jax import parallel, stages, train
-from mip_jax.defenses import feasible, lpa
-from mip_jax.losses import alignment
+from mip_jax import parallel, stages, substitute, train
+from mip_jax.defenses import lpa
 from mip_jax.models import make_decoder
 
 
@@ -87,7 +85,7 @@ def run(config, *, repeats: int = 10, mesh=None) -> dict:
   train_flops = _flops(train_step, state, batch, key)
 
   # One LPA crafting round: second-order gradient, signed Adam update, projection.
-  loss_fn = lpa.decoder_loss_fn(model, variables['batch_stats'], config.attack, config.lpa.loss)
+  loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'], config.attack, config.lpa.loss)
   g_t = parallel.replicate(lpa.target_gradient(loss_fn, variables['params'], probs, images), mesh)
   params = parallel.replicate(variables['params'], mesh)
   opt = lpa.delta_optimizer(config.lpa)
@@ -95,11 +93,12 @@ def run(config, *, repeats: int = 10, mesh=None) -> dict:
   delta = jnp.zeros_like(c)
 
   def align_step(delta, opt_state, params, g_t, c, x, w, *, per_example):
-    loss = alignment.per_example_alignment_loss if per_example else alignment.alignment_loss
-    g = jax.grad(lambda d: loss(feasible.project(c, c + d, config.lpa.eps), loss_fn=loss_fn,
-                                params=params, images=x, target_grad=g_t, weights=w))(delta)
-    updates, opt_state = opt.update(g, opt_state, delta)
-    return feasible.project(c, c + optax.apply_updates(delta, updates), config.lpa.eps) - c, opt_state
+    # The crafting round LPA runs (lpa.crafting_round), not a copy of it.
+    cfg = config.lpa.copy_and_resolve_references()
+    cfg.mode = 'per_example' if per_example else 'aggregate'
+    objective = lpa.alignment_objective(x, w, params=params, target_grad=g_t, loss_fn=loss_fn,
+                                        cfg=cfg)
+    return lpa.crafting_round(delta, opt_state, c, config.lpa.eps, objective=objective, opt=opt)
 
   out = {}
   for name, per_example in (('align_step', False), ('align_per_example_step', True)):
@@ -180,7 +179,7 @@ def serving_latency(config, *, batch_sizes=(1, 256), repeats: int = 10,
     lpa_cfg.lpa.mode = 'per_example'
   decoder = make_decoder(config, m)
   dec_vars = decoder.init(key, np.full((1, m), 1.0 / m, np.float32), train=False)
-  loss_fn = lpa.decoder_loss_fn(decoder, dec_vars['batch_stats'], config.attack, config.lpa.loss)
+  loss_fn = substitute.decoder_loss_fn(decoder, dec_vars['batch_stats'], config.attack, config.lpa.loss)
   calib = rng.uniform(size=(8, *shape)).astype(np.float32)
   g_t = lpa.target_gradient(loss_fn, dec_vars['params'],
                             np.asarray(jax.nn.softmax(rng.normal(size=(8, m)) * 5, -1), np.float32),

@@ -30,6 +30,17 @@ def array_fingerprint(array) -> str:
   return hashlib.sha256(data.tobytes() + str(data.shape).encode()).hexdigest()[:16]
 
 
+def exact_fingerprint(*trees) -> str:
+  """Hash of the exact bytes of every array leaf of `trees` (cache keys of crafted vectors, which
+  depend on entries far below array_fingerprint's 6 decimals)."""
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(trees):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(str((a.dtype, a.shape)).encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
+
+
 class StageMismatchError(RuntimeError):
   pass
 

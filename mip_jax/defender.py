@@ -148,11 +148,6 @@ def bucket_size(n: int, *, multiple: int = 1) -> int:
   return -(-size // multiple) * multiple
 
 
-def _pad_rows(arrays, size: int):
-  """Pads each array's leading axis to `size` with copies of its first row."""
-  return [np.concatenate([a, np.repeat(a[:1], size - len(a), 0)]) for a in arrays]
-
-
 class Defender:
   """A classifier and a defense; callable on images, thread-safe (calls are serialised).
 
@@ -236,10 +231,8 @@ class Defender:
     """Clean softmax vectors [N, m] of validated images (jitted, chunked, padded)."""
     images = check_images(images, self.image_shape)
     out = []
-    for start in range(0, len(images), self.max_batch):
-      x = images[start:start + self.max_batch]
-      (padded,) = _pad_rows([x], bucket_size(len(x)))
-      out.append(np.asarray(self._probs_fn(self._variables, padded))[:len(x)])
+    for _, n, (padded, _) in parallel.padded_batches((images,), self.max_batch, pad_to=bucket_size):
+      out.append(np.asarray(self._probs_fn(self._variables, padded))[:n])
     return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
 
   def defend(self, probs, images=None) -> np.ndarray:
@@ -304,14 +297,9 @@ def _lpa_online(crafter, probs: np.ndarray, images: np.ndarray, *, seed: int, ch
   """LPA crafted for these queries now: chunks padded (zero-weight rows) to bucket sizes."""
   devices = mesh.devices.size
   out, ok = [], []
-  for start in range(0, len(probs), chunk):
-    c, x = probs[start:start + chunk], images[start:start + chunk]
-    n = len(c)
-    size = bucket_size(n, multiple=devices)
-    w = np.concatenate([np.ones(n), np.zeros(size - n)]).astype(np.float32)
-    c, x = _pad_rows([c, x], size)
-    batch = parallel.shard_batch((c, x, w), mesh)
-    key = jax.random.fold_in(jax.random.key(seed), start // chunk)
+  pad_to = functools.partial(bucket_size, multiple=devices)
+  for start, n, batch in parallel.padded_batches((probs, images), chunk, mesh=mesh, pad_to=pad_to):
+    key = jax.random.key(seed)  # rows draw their own start from it (space.row_keys)
     defended, loss = crafter.craft_fn(*batch, key, params=crafter.params,
                                       target_grad=crafter.target_grad)
     out.append(np.asarray(defended)[:n])

@@ -9,6 +9,7 @@ Stages are cached in `<workdir>/checkpoints/`: rerunning with the same workdir r
 
 import dataclasses
 import os
+import re
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from mip_jax import console, defenses, metrics, parallel, report, run_config, stages
 from mip_jax.attacks import adaptive, transforms
-from mip_jax.data import Splits, load_splits
+from mip_jax.data import Splits, data_fingerprint, load_splits, query_indices
 from mip_jax.models.decoder import check_geometry
 
 
@@ -31,13 +32,7 @@ class Setup:
   evaluator: tuple             # (model, variables) of the evaluation classifier E
   clean: dict                  # clean softmax vectors: 'attack_train', 'private_train', 'private_test'
   mesh: jax.sharding.Mesh
-
-
-def data_fingerprint(config) -> dict:
-  """The config fields that decide which examples a stage sees."""
-  keys = ('dataset', 'image_size', 'channels', 'private_classes', 'attack_classes', 'max_per_split',
-          'test_fraction')
-  return {k: config[k] for k in keys}
+  evaluator_acc: float = float('nan')  # E's accuracy on the real private images: attack acc's ceiling
 
 
 def prepare(config, workdir: str, *, mesh=None) -> Setup:
@@ -60,35 +55,59 @@ def prepare(config, workdir: str, *, mesh=None) -> Setup:
                                       seed=config.seed + 1, mesh=mesh, fingerprint_extra=data)
   clean = {name: stages.predict_probs(*classifier, getattr(splits, name).images)
            for name in ('attack_train', 'private_train', 'private_test')}
+  # The reconstructions judged are of private_train: E on those very images is attack acc's ceiling.
+  evaluator_acc = metrics.accuracy(stages.predict_probs(*evaluator, tr.images), tr.labels)
   return Setup(config=config, workdir=workdir, splits=splits, classifier=classifier,
-               evaluator=evaluator, clean=clean, mesh=mesh)
+               evaluator=evaluator, clean=clean, mesh=mesh, evaluator_acc=evaluator_acc)
 
 
-def evaluate_defense(setup: Setup, name: str, *, attackers=None) -> list[tuple[dict, np.ndarray]]:
+def evaluate_defense(setup: Setup, name: str, *, attackers=None,
+                     label: str | None = None,
+                     cell: str | None = None) -> list[tuple[dict, np.ndarray]]:
   """Protocol steps 4-7 for one defense, against each attacker; [(result row, reconstructions)].
 
-  `attackers` lists adaptive attackers (attacks.adaptive: 'none', 'noise', 'softmax'); default
-  `[config.attack.adaptive]`. The defense is fitted and applied once for all of them.
+  `attackers` lists attackers (attacks.adaptive: the paper's 'none', the adaptive 'noise' and
+  'softmax', the zero-robust 'floor' and 'prob'); default `[config.attack.adaptive]`. The defense is
+  fitted and applied once for all of them. Besides the paper's metrics every row carries diagnostics
+  of how it protects: `zero_fraction` (exact zeros among the served query vectors), `input_shift`
+  (mean L2 distance between this attacker's decoder inputs of clean and defended queries) and
+  `evaluator_acc` (E on the real private images: the ceiling of attack accuracy).
+  `label` names the row and its attacker stages when one defense runs under several configs (the
+  attribution table's `lpa (zero-free)`); default `name`. `cell` (a short key of the defense's
+  settings) suffixes the attacker stages, so a sweep over a defense's settings in one workdir gives
+  each setting its own cached attacker (`mip_jax.paper`).
   """
   config, splits = setup.config, setup.splits
+  label = label or name
   attackers = list(attackers or [config.attack.adaptive])
   for kind in attackers:
     adaptive.check(kind)  # unknown kinds fail before any work
   module = defenses.get(name)
+  # Steps 4-5: the attacker's queries (all of D_inv train, or one half: Table III) get defended.
+  idx = query_indices(len(splits.attack_train.labels), config.attack.data)
+  queries, clean_queries = splits.attack_train.take(idx), setup.clean['attack_train'][idx]
   start = time.time()
   state = module.fit(setup)
-  defended_queries = module.apply(state, setup.clean['attack_train'],
-                                  images=splits.attack_train.images)
-  defended_test = module.apply(state, setup.clean['private_test'], images=splits.private_test.images)
+  defended_queries = module.apply(state, clean_queries, images=queries.images)
   metrics.check_probability_vectors(defended_queries, name=f'{name} defended queries')
-  metrics.check_probability_vectors(defended_test, name=f'{name} defended test vectors')
+  if getattr(module, 'LABEL_PRESERVING', False):
+    # Its feasible map keeps every argmax, so model accuracy is the clean model's: crafting the
+    # private test vectors would serve only that one number. The queries prove the labels kept.
+    flips = metrics.label_flip_rate(defended_queries, clean_queries)
+    if flips:
+      raise RuntimeError(f'{name} is declared label preserving but changed {flips:.2%} of the labels')
+    defended_test = setup.clean['private_test']
+  else:
+    defended_test = module.apply(state, setup.clean['private_test'],
+                                 images=splits.private_test.images)
+    metrics.check_probability_vectors(defended_test, name=f'{name} defended test vectors')
   defend_s = time.time() - start
   console.say('defense %s: %d queries defended in %.0f s', name, len(defended_queries), defend_s)
 
   # Step 7's source: the private data's clean (Definition 2) or defended vectors.
   private = splits.private_train
   source = setup.clean['private_train']
-  if getattr(module, 'REPLACES_CLASSIFIER', False):
+  if module.REPLACES_CLASSIFIER:
     # A retrained classifier (MID, BiDO) is the deployed model: its own outputs are the "clean"
     # vectors an attacker inverts; the undefended classifier's would be vectors it never serves.
     source = module.apply(state, source, images=private.images)
@@ -102,27 +121,35 @@ def evaluate_defense(setup: Setup, name: str, *, attackers=None) -> list[tuple[d
   for kind in attackers:
     adapt = lambda p: adaptive.adapt(p, kind, noise_std=config.attack.adaptive_noise_std,
                                      seed=config.seed)
+    attack_cfg = adaptive.attack_config(kind, config.attack)
+    to_input = lambda p: np.asarray(transforms.attacker_input(adapt(p), attack_cfg))
     received = adapt(defended_queries)
     # Steps 5-6: the attacker trains a fresh decoder on (received vector, query image) pairs.
-    z = np.asarray(transforms.attacker_input(received, config.attack))
-    stage = f'attacker_{name}' if kind == 'none' else f'attacker_{name}_{kind}'
-    decoder = stages.train_decoder(config, z, splits.attack_train.images, workdir=setup.workdir,
+    z = to_input(defended_queries)
+    slug = re.sub(r'[^A-Za-z0-9]+', '_', label).strip('_')
+    stage = f'attacker_{slug}' if kind == 'none' else f'attacker_{slug}_{kind}'
+    stage += f'_{cell}' if cell else ''
+    decoder = stages.train_decoder(config, z, queries.images, workdir=setup.workdir,
                                    stage=stage, seed=config.seed + 2, mesh=setup.mesh,
                                    fingerprint_extra=data_fingerprint(config))
     # Step 7: invert the private data's vectors (through the attacker's own transform).
-    z_private = np.asarray(transforms.attacker_input(adapt(source), config.attack))
+    z_private = to_input(source)
     recon = stages.reconstruct(*decoder, z_private)
     errors = metrics.per_image_mse(recon, private.images)
     recon_probs = stages.predict_probs(*setup.evaluator, recon)
     results.append(({
         'defense': name,
+        **({'label': label} if label != name else {}),
         'attacker': kind,
         'model_acc': metrics.accuracy(defended_test, splits.private_test.labels),
-        'conf_dist': metrics.confidence_distortion(received, setup.clean['attack_train']),
+        'conf_dist': metrics.confidence_distortion(received, clean_queries),
         'attack_acc': metrics.accuracy(recon_probs, private.labels),
         'recon_error': float(np.mean(errors)),
-        'label_flip_rate': metrics.label_flip_rate(defended_queries, setup.clean['attack_train']),
+        'label_flip_rate': metrics.label_flip_rate(defended_queries, clean_queries),
         'eps_eta': metrics.eps_eta_curve(errors, config.eval.eps_grid),
+        'zero_fraction': metrics.zero_fraction(defended_queries),
+        'input_shift': metrics.input_shift(to_input(clean_queries), z),
+        'evaluator_acc': setup.evaluator_acc,
         'defend_seconds': defend_s,
     }, recon))
   return results

@@ -41,6 +41,21 @@ def label_flip_rate(defended: np.ndarray, clean: np.ndarray) -> float:
   return float(np.mean(np.argmax(defended, axis=1) != np.argmax(clean, axis=1)))
 
 
+def zero_fraction(probs: np.ndarray) -> float:
+  """Share of exactly-zero entries: each is a -1000 input to Yang's log-transform attacker."""
+  return float(np.mean(np.asarray(probs) == 0))
+
+
+def input_shift(clean_inputs: np.ndarray, defended_inputs: np.ndarray) -> float:
+  """Mean L2 distance between an attacker's decoder inputs of clean and of defended vectors.
+
+  A defense that moves the attacker's inputs far (exact zeros under the log transform: ~950 per row)
+  protects by distribution shift, whatever its objective; this measures it in the attacker's space.
+  """
+  diff = np.asarray(defended_inputs, np.float64) - np.asarray(clean_inputs, np.float64)
+  return float(np.mean(np.linalg.norm(diff, axis=1)))
+
+
 def per_image_mse(recon: np.ndarray, images: np.ndarray) -> np.ndarray:
   if recon.shape != images.shape:
     raise ValueError(f'reconstructions {recon.shape} and images {images.shape} differ in shape')

@@ -47,3 +47,35 @@ def shard_batch(tree, mesh: Mesh):
 
 def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, replicated(mesh))
+
+
+def padded_batches(arrays, batch_size: int, *, mesh: Mesh | None = None, pad_to=None):
+  """Fixed-shape batches of aligned arrays for a jitted function: chunk, pad, shard.
+
+  Every batched loop of the defenses (LPA crafting, the adversarial ascent, the VAE generator,
+  online serving) goes through here, so a jitted function sees a handful of shapes, not one per
+  remainder.
+
+  Args:
+    arrays: a tuple of arrays with the same leading length N.
+    batch_size: rows per chunk.
+    mesh: when given, each padded batch is placed split over its 'data' axis.
+    pad_to: `n -> rows` of a padded chunk of n real rows (default: batch_size, one shape for all).
+
+  Yields:
+    (start, n, batch): the chunk's first row, its number of real rows, and the tuple of the padded
+    arrays followed by the weights [rows] float32 (1 for real rows, 0 for padding). Padding rows are
+    copies of the chunk's first row (valid inputs, no NaN), to be dropped from the results.
+  """
+  arrays = tuple(arrays)
+  total = len(arrays[0])
+  if any(len(a) != total for a in arrays):
+    raise ValueError(f'arrays differ in length: {[len(a) for a in arrays]}')
+  for start in range(0, total, batch_size):
+    chunk = [np.asarray(a[start:start + batch_size]) for a in arrays]
+    n = len(chunk[0])
+    size = batch_size if pad_to is None else pad_to(n)
+    padded = tuple(np.concatenate([a, np.repeat(a[:1], size - n, 0)]) for a in chunk)
+    weights = np.concatenate([np.ones(n), np.zeros(size - n)]).astype(np.float32)
+    batch = padded + (weights,)
+    yield start, n, (batch if mesh is None else shard_batch(batch, mesh))

@@ -17,6 +17,7 @@ ROW_FIELDS = ('defense', 'model_acc', 'conf_dist', 'attack_acc', 'recon_error', 
 
 
 METRICS = ('model_acc', 'conf_dist', 'attack_acc', 'recon_error', 'label_flip_rate')
+DIAGNOSTICS = ('zero_fraction', 'input_shift', 'evaluator_acc')  # how a row protects (attribution)
 
 
 def write_results(workdir: str, *, dataset: str, config: dict, rows: list[dict],
@@ -31,10 +32,10 @@ def write_results(workdir: str, *, dataset: str, config: dict, rows: list[dict],
   paper_dataset, paper = reference.paper_rows_for('table1', dataset)
   if paper:
     doc['paper_table1'] = {'dataset': paper_dataset, 'rows': paper}
-  _atomic_write(os.path.join(workdir, 'results.json'), json.dumps(doc, indent=2, default=float))
+  atomic_write(os.path.join(workdir, 'results.json'), json.dumps(doc, indent=2, default=float))
   table = markdown_table(dataset, rows)
   table += table_ix_section(workdir, rows)
-  _atomic_write(os.path.join(workdir, 'results.md'), table)
+  atomic_write(os.path.join(workdir, 'results.md'), table)
   return table
 
 
@@ -47,17 +48,26 @@ def markdown_table(dataset: str, rows: list[dict]) -> str:
   paper_dataset, paper = reference.paper_rows_for('table1', dataset)
   paper = {r['defense']: r for r in paper}
   lines = [f'# {dataset}', '',
-           '| Method | Model Acc. | Conf. Dist. | Attack Acc. | Recon. Error | Label flips |',
-           '|---|---|---|---|---|---|']
+           '| Method | Model Acc. | Conf. Dist. | Attack Acc. | Recon. Error | Label flips '
+           '| Zero frac. | Input shift |',
+           '|---|---|---|---|---|---|---|---|']
   for r in rows:
     label = row_label(r)
     pct = lambda k: f'{100 * r[k]:.2f}%' + (f' ± {100 * r[k + "_std"]:.2f}' if k + '_std' in r else '')
     num = lambda k: f'{r[k]:.5f}' + (f' ± {r[k + "_std"]:.5f}' if k + '_std' in r else '')
+    opt = lambda k, f: f(k) if k in r else '-'
     dist = '-' if label == 'none' else num('conf_dist')
     lines.append(f'| {label} | {pct("model_acc")} | {dist} | {pct("attack_acc")} | '
-                 f'{num("recon_error")} | {pct("label_flip_rate")} |')
+                 f'{num("recon_error")} | {pct("label_flip_rate")} | {opt("zero_fraction", pct)} '
+                 f'| {opt("input_shift", lambda k: f"{r[k]:.3g}")} |')
     if r.get('attacker', 'none') == 'none' and r['defense'] in paper:
       lines.append(_paper_line(paper[r['defense']], paper_dataset))
+  ceiling = [r['evaluator_acc'] for r in rows if 'evaluator_acc' in r]
+  if ceiling:
+    lines += ['', f'Evaluation classifier on the real private images (the ceiling of attack '
+              f'accuracy): {100 * np.mean(ceiling):.2f}%. Zero frac.: exactly-zero entries of the served '
+              "query vectors; input shift: mean L2 distance between the attacker's decoder inputs of "
+              'clean and defended queries.']
   if any('model_acc_std' in r for r in rows):
     lines += ['', 'Mean ± standard deviation over seeds.']
   if any(r['defense'] in paper for r in rows):
@@ -73,7 +83,7 @@ def _paper_line(p: dict, paper_dataset: str) -> str:
   pct = lambda v: f'{100 * v:.2f}%'
   return (f'| *paper: {p["label"]} ({paper_dataset})* | {fmt(p["model_acc"], pct)} | '
           f'{fmt(p["conf_dist"], lambda v: f"{v:.5f}")} | {fmt(p["attack_acc"], pct)} | '
-          f'{fmt(p["recon_error"], lambda v: f"{v:.5f}")} | - |')
+          f'{fmt(p["recon_error"], lambda v: f"{v:.5f}")} | - | - | - |')
 
 
 def mean_rows(runs: list[list[dict]]) -> list[dict]:
@@ -86,8 +96,11 @@ def mean_rows(runs: list[list[dict]]) -> list[dict]:
     raise ValueError(f'runs differ in their rows: {labels}')
   out = []
   for group in zip(*runs):
-    row = {'defense': group[0]['defense'], 'attacker': group[0].get('attacker', 'none')}
-    for k in METRICS + ('defend_seconds',):
+    row = {k: group[0][k] for k in ('defense', 'label') if k in group[0]}
+    row['attacker'] = group[0].get('attacker', 'none')
+    for k in METRICS + DIAGNOSTICS + ('defend_seconds',):
+      if not all(k in r for r in group):
+        continue
       values = np.asarray([r[k] for r in group], np.float64)
       row[k], row[k + '_std'] = float(values.mean()), float(values.std())
     curves = np.asarray([r['eps_eta'] for r in group], np.float64)
@@ -97,9 +110,10 @@ def mean_rows(runs: list[list[dict]]) -> list[dict]:
 
 
 def row_label(row: dict) -> str:
-  """'lpa', or 'lpa / softmax attacker' for an adaptive attacker's row (Table X)."""
-  kind = row.get('attacker', 'none')
-  return row['defense'] if kind == 'none' else f'{row["defense"]} / {kind} attacker'
+  """'lpa', or 'lpa / softmax attacker' for another attacker's row (Table X); a row's `label`
+  (one defense under several configs) stands for its defense name."""
+  kind, name = row.get('attacker', 'none'), row.get('label', row['defense'])
+  return name if kind == 'none' else f'{name} / {kind} attacker'
 
 
 def save_reconstructions(path: str, ground_truth: np.ndarray, rows: dict[str, np.ndarray]) -> None:
@@ -151,7 +165,7 @@ def save_tradeoff(path: str, dataset: str, rows: list[dict]) -> None:
   plt.close(fig)
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str) -> None:
   """Write-then-rename, so an interrupted run never leaves a half-written results file."""
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
@@ -167,7 +181,7 @@ LATENCY_FILE = 'latency.json'  # per-sample serving latency written by `launch.b
 def write_latency(workdir: str, latency: dict) -> None:
   """Saves `benchmarking.serving_latency` figures in the workdir; refreshes results.md if present."""
   os.makedirs(workdir, exist_ok=True)
-  _atomic_write(os.path.join(workdir, LATENCY_FILE), json.dumps(latency, indent=2))
+  atomic_write(os.path.join(workdir, LATENCY_FILE), json.dumps(latency, indent=2))
   results = os.path.join(workdir, 'results.json')
   if os.path.exists(results):
     with open(results) as f:

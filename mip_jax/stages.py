@@ -97,25 +97,26 @@ def decoder_optimizer(dec_cfg) -> optax.GradientTransformation:
 
 
 def train_decoder(config, inputs: np.ndarray, images: np.ndarray, *, workdir: str, stage: str,
-                  seed: int, mesh=None, fingerprint_extra: Any = None):
+                  seed: int, mesh=None, fingerprint_extra: Any = None, section=None):
   """Trains (or loads) an inversion decoder on (transformed vectors, images) pairs.
 
+  `section` is the decoder's config section (architecture, loss, optimiser, epochs): config.decoder
+  (the attacker's, default) or the substitute's (`substitute.decoder_section`).
   The stage's fingerprint includes the inputs themselves, so a workdir never reuses a decoder trained
   on other vectors (another defense, another transform); config.attack is left out on purpose, since
   its fields that matter reach the inputs and the others (reconstruct_from, the adaptive attacker of
   another row) must not force a retrain. `fingerprint_extra` adds anything else.
   """
+  dec = config.decoder if section is None else section
   num_classes = inputs.shape[-1]
-  model = make_decoder(config, num_classes)
+  model = make_decoder(config, num_classes, section=dec)
   variables = model.init(jax.random.key(seed), inputs[:1], train=False)
-  state = train.TrainState.create(variables=variables, tx=decoder_optimizer(config.decoder))
+  state = train.TrainState.create(variables=variables, tx=decoder_optimizer(dec))
   ckpt = checkpoints.StageCheckpoint(workdir, stage, checkpoints.fingerprint(
-      [config.decoder.to_dict(), seed, fingerprint_extra,
-       checkpoints.array_fingerprint(inputs)]))
-  step = lambda s, b, r: decoder_step(s, b, r, model=model, loss=config.decoder.loss)
-  state = train.fit(state, step, (inputs, images), epochs=config.decoder.epochs,
-                    batch_size=config.decoder.batch_size, seed=seed, checkpoint=ckpt, mesh=mesh,
-                    desc=stage)
+      [dec.to_dict(), seed, fingerprint_extra, checkpoints.array_fingerprint(inputs)]))
+  step = lambda s, b, r: decoder_step(s, b, r, model=model, loss=dec.loss)
+  state = train.fit(state, step, (inputs, images), epochs=dec.epochs, batch_size=dec.batch_size,
+                    seed=seed, checkpoint=ckpt, mesh=mesh, desc=stage)
   ckpt.close()
   return model, jax.device_get(state.variables)
 

@@ -9,7 +9,7 @@ import pytest
 
 from configs import digits
 from mip_jax import defender as defender_lib
-from mip_jax import experiment, metrics, run_config, stages, train
+from mip_jax import experiment, metrics, run_config, stages, substitute, train
 from mip_jax.defender import DefenseError, Defender
 from mip_jax.defenses import vae
 
@@ -103,9 +103,10 @@ def test_untrained_workdirs_fail_clearly_and_train_nothing(workdir, data_dir, tm
   partial = tmp_path / 'partial'
   for stage in ('classifier', 'eval_classifier'):
     shutil.copytree(os.path.join(workdir, 'checkpoints', stage), partial / 'checkpoints' / stage)
-  with pytest.raises(train.StageNotTrainedError, match="'substitute' is not trained"):
+  stage = substitute.stage_name(config)
+  with pytest.raises(train.StageNotTrainedError, match=f"'{stage}' is not trained"):
     Defender.from_workdir(str(partial), config, 'vae')
-  assert not os.listdir(partial / 'checkpoints' / 'substitute')  # no epoch was saved
+  assert not os.listdir(partial / 'checkpoints' / stage)  # no epoch was saved
   with pytest.raises(ValueError, match='known defenses'):
     Defender.from_workdir(workdir, config, 'magic')
 

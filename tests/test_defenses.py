@@ -233,3 +233,14 @@ def test_topk_larger_than_the_classes_is_an_error(setup):
   state = defenses.topk.fit(with_config(setup, topk={'k': M + 1}))
   with pytest.raises(ValueError, match='exceeds the 5 classes'):
     defenses.topk.apply(state, hand_made_probs())
+
+
+def test_registry_follows_the_protocol_and_a_module_without_it_is_refused():
+  import types
+  from mip_jax.defenses import protocol
+  assert all(isinstance(d, protocol.Defense) for d in defenses.REGISTRY.values())
+  assert [n for n, d in defenses.REGISTRY.items() if d.REPLACES_CLASSIFIER] == [
+      'mid', 'bido_coco', 'bido_hsic']
+  half = types.SimpleNamespace(fit=lambda setup: None, apply=lambda s, p, images=None: p)
+  with pytest.raises(TypeError, match='lacks REPLACES_CLASSIFIER'):
+    protocol.check('half', half)

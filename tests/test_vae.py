@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from configs import digits
-from mip_jax import experiment, metrics, report, train
+from mip_jax import experiment, metrics, report, substitute, train
 from mip_jax.defenses import feasible, lpa, vae
 from mip_jax.models import make_decoder
 from mip_jax.models import vae as vae_model
@@ -127,7 +127,7 @@ def training_problem():
   images = rng.uniform(size=(64, 16, 16, 1)).astype(np.float32)
   dec = make_decoder(c, 5)
   dec_vars = dec.init(jax.random.key(0), jnp.asarray(probs[:1]), train=False)
-  loss_fn = lpa.decoder_loss_fn(dec, dec_vars['batch_stats'], c.attack)
+  loss_fn = substitute.decoder_loss_fn(dec, dec_vars['batch_stats'], c.attack)
   g_t = lpa.target_gradient(loss_fn, dec_vars['params'], vectors(16, seed=2), images[:16])
   return c, probs, targets, images, loss_fn, dec_vars['params'], g_t
 

@@ -1,32 +1,45 @@
-"""Adaptive attackers (the paper's Table X): transform received vectors before training on them.
+"""Attackers beside the paper's: adaptive ones (Table X) and zero-robust ones (the attribution controls).
 
-An attacker who knows a defense is running may post-process every vector it receives, hoping to
-wash the poison out: 'noise' adds Gaussian noise and renormalises, 'softmax' applies a softmax to
-the probability vector. The same transform is applied to every vector the attacker's decoder sees
-(training queries and the vectors it inverts).
+Adaptive attackers know a defense is running and post-process every vector they receive, hoping to wash
+the poison out: 'noise' adds Gaussian noise and renormalises, 'softmax' applies a softmax to the
+probability vector. Zero-robust attackers change only how vectors become decoder inputs, so that exact
+zeros are no trap: 'floor' clamps probabilities at `attack.floor` (1e-8) before Yang's log transform,
+'prob' feeds the raw probabilities. 'none' is the paper's attacker (config.attack as it is).
+Whatever an attacker does applies to every vector its decoder sees: its training queries and the
+vectors it inverts.
 """
 
 import numpy as np
 
 from mip_jax.defenses.noise import gaussian_noise
 
-ADAPTIVE = ('none', 'noise', 'softmax')
+ADAPTIVE = ('none', 'noise', 'softmax')          # Table X
+ZERO_ROBUST = {'floor': 'floor', 'prob': 'prob'}  # attacker -> attack.transform it uses
+ATTACKERS = ADAPTIVE + tuple(ZERO_ROBUST)
 
 
 def check(kind: str) -> str:
-  """Returns `kind` if it names an adaptive attacker, else raises ValueError listing the known ones."""
-  if kind not in ADAPTIVE:
-    raise ValueError(f'unknown adaptive attacker {kind!r}; known: {", ".join(ADAPTIVE)}')
+  """Returns `kind` if it names an attacker, else raises ValueError listing the known ones."""
+  if kind not in ATTACKERS:
+    raise ValueError(f'unknown attacker {kind!r}; known: {", ".join(ATTACKERS)}')
   return kind
 
 
+def attack_config(kind: str, attack_cfg):
+  """config.attack as attacker `kind` uses it (the zero-robust ones change the transform)."""
+  if check(kind) not in ZERO_ROBUST:
+    return attack_cfg
+  cfg = attack_cfg.copy_and_resolve_references()
+  cfg.transform = ZERO_ROBUST[kind]
+  return cfg
+
+
 def adapt(probs: np.ndarray, kind: str, *, noise_std: float = 1e-3, seed: int = 0) -> np.ndarray:
-  """Applies the adaptive attacker's transform `kind` to probability vectors [N, m]."""
+  """Applies attacker `kind`'s transform of received probability vectors [N, m]."""
   probs = np.asarray(probs, np.float32)
-  if check(kind) == 'none':
+  if check(kind) not in ('noise', 'softmax'):
     return probs
   if kind == 'noise':  # the same transform as the `noise` defense, at the attacker's scale
     return gaussian_noise(probs, scale=noise_std, rng=np.random.default_rng(seed))
-  # 'softmax'
   e = np.exp(probs - probs.max(axis=1, keepdims=True))
   return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)

@@ -5,6 +5,8 @@ where a row still has a negative entry, shift that row up so its minimum is 0; e
 top k are 0. A constant offset of 1000 instead would swamp the 20-30 units of log-probability range
 that carry the information (BatchNorm's variance then cancels out in float32). Tiny probabilities become large,
 well-separated inputs in log space; this is why tiny perturbations can move a decoder.
+`floor`: the same log transform after clamping probabilities at `attack.floor` (1e-8): a zero-robust
+attacker for which an exact 0 is just a tiny number, not a -1000 input that shifts the whole row.
 `prob`: the (top-k truncated) probabilities themselves.
 Both are differentiable in the probabilities (LPA differentiates through them).
 """
@@ -42,10 +44,17 @@ def prob_transform(probs: jnp.ndarray, *, top_k: int | None = None) -> jnp.ndarr
   return truncate_top_k(probs, top_k)
 
 
+TRANSFORMS = ('log', 'floor', 'prob')
+
+
 def attacker_input(probs: jnp.ndarray, attack_cfg) -> jnp.ndarray:
-  """Applies the transform named by `attack_cfg.transform` ('log' or 'prob')."""
+  """Applies the transform named by `attack_cfg.transform` ('log', 'floor' or 'prob')."""
   if attack_cfg.transform == 'log':
     return log_transform(probs, top_k=attack_cfg.top_k, floor=attack_cfg.log_floor)
+  if attack_cfg.transform == 'floor':
+    clamped = jnp.maximum(probs, attack_cfg.floor)
+    return log_transform(clamped, top_k=attack_cfg.top_k, floor=attack_cfg.log_floor)
   if attack_cfg.transform == 'prob':
     return prob_transform(probs, top_k=attack_cfg.top_k)
-  raise ValueError(f"unknown attack.transform {attack_cfg.transform!r}; known: 'log', 'prob'")
+  raise ValueError(f'unknown attack.transform {attack_cfg.transform!r}; known: '
+                   f'{", ".join(TRANSFORMS)}')

@@ -10,10 +10,10 @@ TensorFlow is never needed: datasets are read from array_record files.
 
 from mip_jax.data.arrays import ArraySplit, Splits
 from mip_jax.data.batching import batches
-from mip_jax.data.splits import KNOWN_DATASETS, load_splits
+from mip_jax.data.splits import KNOWN_DATASETS, QUERY_PARTS, data_fingerprint, load_splits, query_indices
 from mip_jax.data.tfds_source import DatasetNotFoundError
 
 __all__ = [
-    'ArraySplit', 'DatasetNotFoundError', 'KNOWN_DATASETS', 'Splits',
-    'batches', 'load_splits',
+    'ArraySplit', 'DatasetNotFoundError', 'KNOWN_DATASETS', 'QUERY_PARTS', 'Splits',
+    'batches', 'data_fingerprint', 'load_splits', 'query_indices',
 ]

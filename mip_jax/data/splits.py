@@ -41,6 +41,26 @@ _HOLDOUT_SALT = 1
 _ORDER_SALT = 2
 
 
+def data_fingerprint(config) -> dict:
+  """The config fields that decide which examples a stage sees (part of every stage's fingerprint)."""
+  keys = ('dataset', 'image_size', 'channels', 'private_classes', 'attack_classes', 'max_per_split',
+          'test_fraction')
+  return {k: config[k] for k in keys}
+
+
+QUERY_PARTS = ('all', 'half1', 'half2')
+
+
+def query_indices(n: int, part: str) -> np.ndarray:
+  """Indices of the attacker's n query examples in `part`: 'all', or the disjoint halves 'half1'
+  (even positions) and 'half2' (odd positions), Table III's D1 and D2 (both hold every class, since
+  the split's order interleaves classes no worse than it does in the whole)."""
+  if part not in QUERY_PARTS:
+    raise ValueError(f'query data part must be one of {", ".join(QUERY_PARTS)}; got {part!r}')
+  idx = np.arange(n)
+  return idx if part == 'all' else idx[(0 if part == 'half1' else 1)::2]
+
+
 def load_splits(config: Any) -> Splits:
   """Loads the four splits of `config.dataset` (fields: see configs/common.py).
 

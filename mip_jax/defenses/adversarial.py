@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mip_jax import parallel
-from mip_jax.defenses import feasible, lpa
+from mip_jax import parallel, substitute
+from mip_jax.defenses import feasible
 
 # Relative slack on the radius (float32 rounding), as in `feasible`.
 _SLACK = 1e-6
@@ -44,7 +44,7 @@ def ascend(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, *, params:
 
   Args:
     c: clean vectors [B, m]; images: the queried images; weights: 1 real rows, 0 padding [B].
-    params: substitute decoder params; loss_fn: `lpa.decoder_loss_fn(...)` (weighted mean loss).
+    params: substitute decoder params; loss_fn: `substitute.decoder_loss_fn(...)` (weighted mean loss).
     opt: the optax update rule (it minimises, so it is given the gradient of -R).
     steps: iterations; project: (c, candidate) -> feasible point after each step;
     final: (c, p) -> served vector (e.g. AdvExa's label modifier).
@@ -76,22 +76,17 @@ class Ascender:
     if batch_size < 1 or batch_size % self.mesh.devices.size:
       raise ValueError(f'batch_size={batch_size} must be a positive multiple of the '
                        f'{self.mesh.devices.size} devices')
-    model, variables = lpa.train_substitute(setup)
-    loss_fn = lpa.decoder_loss_fn(model, variables['batch_stats'], setup.config.attack)
+    model, variables = substitute.train_substitute(setup)
+    loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'], setup.config.attack)
     self.batch_size = batch_size
     self.params = parallel.replicate(variables['params'], self.mesh)
     self.fn = jax.jit(functools.partial(ascend, loss_fn=loss_fn, opt=opt, steps=steps,
                                         project=project, final=final))
 
   def __call__(self, probs: np.ndarray, images: np.ndarray) -> np.ndarray:
-    b, out = self.batch_size, []
-    for start in range(0, len(probs), b):
-      c, x = probs[start:start + b], images[start:start + b]
-      n, pad = len(c), b - len(c)
-      w = np.concatenate([np.ones(n), np.zeros(pad)]).astype(np.float32)
-      c = np.concatenate([c, np.repeat(c[:1], pad, 0)])
-      x = np.concatenate([x, np.repeat(x[:1], pad, 0)]).astype(np.float32)
-      batch = parallel.shard_batch((c, x, w), self.mesh)
+    out = []
+    arrays = (probs, np.asarray(images, np.float32))
+    for _, n, batch in parallel.padded_batches(arrays, self.batch_size, mesh=self.mesh):
       out.append(np.asarray(self.fn(*batch, params=self.params))[:n])
     return np.concatenate(out)
 

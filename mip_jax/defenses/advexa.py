@@ -18,6 +18,8 @@ import optax
 
 from mip_jax.defenses import adversarial, feasible
 
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+
 
 def fit(setup) -> adversarial.Ascender:
   """Trains (or loads) the substitute and builds the compiled ascent."""

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 from mip_jax import stages, train
+from mip_jax.data import data_fingerprint
 from mip_jax.defenses import mid
 from mip_jax.losses import hsic
 from mip_jax.models.feature_classifier import FeatureClassifier
@@ -133,7 +134,6 @@ class BiDO:
 
   def train(self, setup):
     """Trains (or loads) this variant's classifier stage; (model, variables)."""
-    from mip_jax import experiment  # late import: experiment imports the defense registry
     config, cfg = setup.config, setup.config.bido
     if cfg.kernel_y not in hsic.KERNELS:
       raise ValueError(f'bido.kernel_y must be one of {hsic.KERNELS}, got {cfg.kernel_y!r}')
@@ -153,7 +153,7 @@ class BiDO:
     return stages.train_classifier(
         section, data.images, data.labels, m, workdir=setup.workdir, stage=self.stage,
         seed=config.seed, mesh=setup.mesh, model=model, step=step,
-        fingerprint_extra=['bido', settings, experiment.data_fingerprint(config)])
+        fingerprint_extra=['bido', settings, data_fingerprint(config)])
 
   def fit(self, setup) -> dict:
     model, variables = self.train(setup)

@@ -18,12 +18,12 @@ budget among whatever batch it is given (deterministic given config.seed), so mo
 by about r (less with `swap`), as in the paper's Table I.
 """
 
-import os
-
 import numpy as np
 
-from mip_jax import checkpoints, console
-from mip_jax.defenses import lpa
+from mip_jax import checkpoints, console, substitute
+from mip_jax.defenses import cache, lpa
+
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 
 
 # ---------------------------------------------------------------- Algorithm 2: picking
@@ -110,15 +110,16 @@ def fit(setup) -> dict:
   config = setup.config
   cfg = config.lfp
   check_config(cfg)
-  state = {'cfg': cfg, 'seed': config.seed, 'workdir': setup.workdir, 'crafter': None,
-           'tag': checkpoints.fingerprint([cfg.to_dict(), config.seed])}
+  state = {'cfg': cfg, 'seed': config.seed, 'workdir': setup.workdir, 'crafter': None}
   if cfg.steps > 0 and cfg.eps > 0 and cfg.budget > 0:
-    model, variables = lpa.train_substitute(setup)
-    loss_fn = lpa.decoder_loss_fn(model, variables['batch_stats'], config.attack, cfg.loss)
+    model, variables = substitute.train_substitute(setup)
+    loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'], config.attack, cfg.loss,
+                                         cfg.batchnorm)
     g_t = lpa.target_gradient(loss_fn, variables['params'], setup.clean['private_train'],
                               setup.splits.private_train.images)
     state['crafter'] = lpa.Crafter(model=model, variables=variables, target_grad=g_t,
                                    config=config, mesh=setup.mesh, section=cfg)
+    state['tag'] = lpa.cache_tag(config, cfg, variables, g_t)
   return state
 
 
@@ -133,17 +134,15 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
     return centre
   if images is None:
     raise ValueError('LFP fine-tuning needs the queried images (set lfp.steps=0 to only reverse)')
-  key = f'lfp_{state["tag"]}_{checkpoints.array_fingerprint(probs)}'
-  path = os.path.join(state['workdir'], 'perturbations', key + '.npz')
-  if os.path.exists(path):
-    with np.load(path) as f:
-      return f['defended']
-  radius = np.where(mask, cfg.eps, 0.0).astype(np.float32)
-  defended, losses = state['crafter'](centre, images, seed=state['seed'], radius=radius)
-  console.say('LFP poisoned %d of %d vectors: mean alignment loss %.4f', int(mask.sum()),
-               len(probs), float(np.mean(losses[mask])))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, defended=defended, reversed=centre, clean=probs, picked=mask, alignment_loss=losses)
-  os.replace(tmp, path)
-  return defended
+  images = np.asarray(images, np.float32)
+
+  def craft():
+    radius = np.where(mask, cfg.eps, 0.0).astype(np.float32)
+    defended, losses = state['crafter'](centre, images, seed=state['seed'], radius=radius)
+    console.say('LFP poisoned %d of %d vectors: mean alignment loss %.4f', int(mask.sum()),
+                len(probs), float(np.mean(losses[mask])))
+    return {'defended': defended, 'reversed': centre, 'clean': probs, 'picked': mask,
+            'alignment_loss': losses}
+
+  key = checkpoints.fingerprint([state['tag'], checkpoints.exact_fingerprint(probs, images)])
+  return cache.cached(state['workdir'], 'lfp', key, craft)

@@ -1,10 +1,13 @@
 """LPA: label-preserving poisoning of every served vector (the paper's Algorithm 1).
 
-  1. A substitute decoder I_sub is trained on clean (T(x), x), x in the attacker's queries (a stage).
+  1. A substitute decoder I_sub is trained on clean (T(x), x), x in the attacker's queries (a stage;
+     `mip_jax.substitute`, config.substitute).
   2. The target gradient g_t = grad_theta -R(I_sub(T(x)), x) over private data, once.
   3. For each crafting batch of queries, R rounds of signed Adam on delta (optax: scale_by_sign then
      adam with a step schedule), minimising 1 - cos(g_t, g_p(P(c + delta))), where P is
      `feasible.project` (label kept, ||delta|| <= eps, probability vector); restarts keep the best.
+     `lpa.space='log'` crafts on log-probabilities instead, so that no served entry is ever 0
+     (`defenses.space`); the `random` control is the random start of this crafting, unoptimised.
   Modes: 'aggregate' (the paper: one cosine over the batch gradient) and 'per_example' (the mean of
   per-example cosines, vmapped: a served vector does not depend on its batch-mates).
 
@@ -14,7 +17,6 @@ shape, and are split over the 'data' mesh axis (parameters and g_t replicated).
 """
 
 import functools
-import os
 from typing import Any
 
 import jax
@@ -22,33 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mip_jax import checkpoints, console, parallel, stages
-from mip_jax.attacks import transforms
-from mip_jax.defenses import feasible
-from mip_jax.losses import alignment, reconstruction
+from mip_jax import checkpoints, console, parallel, substitute
+from mip_jax.defenses import cache, space
+from mip_jax.losses import alignment
+from mip_jax.substitute import decoder_loss_fn, train_substitute
+
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)
 
 
 # ---------------------------------------------------------------- functional pieces
-
-def decoder_loss_fn(model, batch_stats, attack_cfg, loss: str = 'mse'):
-  """`loss_fn(params, probs, images, weights)`: a decoder's weighted reconstruction loss on probs.
-
-  The decoder runs in eval mode (running BatchNorm statistics), so the loss of a batch is the mean of
-  per-example losses and the per-example gradients are well defined.
-  """
-  per_example = {'mse': reconstruction.per_example_mse,
-                 'psnr': lambda r, x: -10.0 * jnp.log10(reconstruction.per_example_mse(r, x) + 1e-10)}
-  if loss not in per_example:
-    raise ValueError(f'unknown reconstruction loss {loss!r}; known: {sorted(per_example)}')
-
-  def loss_fn(params, probs, images, weights):
-    z = transforms.attacker_input(probs, attack_cfg)
-    recon = model.apply({'params': params, 'batch_stats': batch_stats}, z, train=False)
-    errors = per_example[loss](recon, images)
-    return jnp.sum(errors * weights) / jnp.maximum(jnp.sum(weights), 1e-12)
-
-  return loss_fn
-
 
 def target_gradient(loss_fn, params, probs: np.ndarray, images: np.ndarray, *,
                     chunk: int = 256) -> Any:
@@ -63,11 +48,46 @@ def target_gradient(loss_fn, params, probs: np.ndarray, images: np.ndarray, *,
 
 
 def delta_optimizer(cfg) -> optax.GradientTransformation:
-  """Signed Adam with Witches' Brew's step schedule: lr = tau * eps, x0.1 at 3/8, 5/8 and 7/8 of R."""
-  lr = cfg.tau * cfg.eps
+  """Signed Adam with Witches' Brew's step schedule: lr = tau * scale, x0.1 at 3/8, 5/8 and 7/8 of R.
+
+  scale is eps when crafting on probabilities (the paper), log_bound in log space (`space.step_scale`).
+  """
+  lr = cfg.tau * space.step_scale(cfg)
   schedule = optax.piecewise_constant_schedule(
       lr, {int(cfg.steps * f): 0.1 for f in cfg.milestones})
   return optax.chain(optax.scale_by_sign(), optax.adam(schedule))
+
+
+def alignment_objective(images, weights, *, params, target_grad, loss_fn, cfg):
+  """`objective(probs)`: Algorithm 1's alignment loss of candidate vectors for these queries."""
+  return functools.partial(
+      alignment.per_example_alignment_loss if cfg.mode == 'per_example' else alignment.alignment_loss,
+      loss_fn=loss_fn, params=params, images=images, target_grad=target_grad, weights=weights,
+      distance=cfg.distance)
+
+
+def crafting_round(v: jnp.ndarray, opt_state, c: jnp.ndarray, eps, radius=None, *, objective,
+                   opt: optax.GradientTransformation, space_name: str = 'prob',
+                   log_bound: float = 10.0):
+  """One round of Algorithm 1 (pure): the objective's gradient in the crafting variable through the
+  feasible map, the signed-Adam update, and the map back (`defenses.space`).
+
+  Args:
+    v: current variable [B, m] (delta in 'prob' space, the log-space change in 'log');
+    opt_state: `opt`'s state; c: clean vectors [B, m]; eps: L2 radius (scalar or [B]);
+    radius: optional per-row radius [B] (rows of 0 are frozen).
+    objective: `alignment_objective(...)`; opt: `delta_optimizer(cfg)`;
+    space_name, log_bound: cfg.space and cfg.log_bound.
+
+  Returns:
+    (new variable, new optimiser state).
+  """
+  where = dict(space=space_name, log_bound=log_bound)
+  g = jax.grad(lambda v: objective(space.defended(c, v, eps, **where)))(v)
+  if radius is not None:  # frozen rows: their (0/0 at delta = 0) gradient is dropped
+    g = jnp.where(radius[:, None] > 0, g, 0.0)
+  updates, opt_state = opt.update(g, opt_state, v)
+  return space.after_step(c, optax.apply_updates(v, updates), eps, **where), opt_state
 
 
 def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: jax.Array,
@@ -77,11 +97,12 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
 
   Args:
     c: clean vectors [B, m]; images: the queried images [B, H, W, C]; weights: 1 for real rows, 0 for
-      padding rows [B]; key: init randomness; radius: optional per-row L2 radius [B] (default
-      cfg.eps for every row); a row of radius 0 stays exactly at c but still enters the poisoned
-      gradient (LFP's clean rows D_c); params: substitute decoder params; target_grad: g_t.
+      padding rows [B]; key: init randomness (each row folds in its own values: `space.init`);
+      radius: optional per-row L2 radius [B] (default cfg.eps for every row); a row of radius 0
+      stays exactly at c but still enters the poisoned gradient (LFP's clean rows D_c);
+      params: substitute decoder params; target_grad: g_t.
     loss_fn: `decoder_loss_fn(...)`; cfg: config.lpa (eps, steps, tau, milestones, restarts, mode,
-      distance).
+      distance, space, log_bound).
 
   Returns:
     (defended vectors [B, m], per-row alignment loss of the returned vectors [B]; in aggregate mode
@@ -90,13 +111,13 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
   eps = cfg.eps if radius is None else radius
   opt = delta_optimizer(cfg)
   per_example = cfg.mode == 'per_example'
-  objective = functools.partial(
-      alignment.per_example_alignment_loss if per_example else alignment.alignment_loss,
-      loss_fn=loss_fn, params=params, images=images, target_grad=target_grad, weights=weights,
-      distance=cfg.distance)
+  where = dict(space=cfg.space, log_bound=cfg.log_bound)
+  to_vector = lambda v: space.defended(c, v, eps, **where)
+  objective = alignment_objective(images, weights, params=params, target_grad=target_grad,
+                                  loss_fn=loss_fn, cfg=cfg)
 
-  def row_losses(delta):
-    probs = feasible.project(c, c + delta, eps)
+  def row_losses(v):
+    probs = to_vector(v)
     if per_example:
       one = lambda p, x: alignment.per_example_alignment_loss(
           p[None], loss_fn=loss_fn, params=params, images=x[None], target_grad=target_grad,
@@ -105,32 +126,25 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
     return jnp.full(c.shape[:1], objective(probs))
 
   def one_restart(key):
-    # Random per-vector start inside the feasible set (the paper: unique init per vector).
-    lim = eps if radius is None else radius[:, None]
-    delta = jax.random.uniform(key, c.shape, c.dtype, -lim, lim)
-    delta = feasible.project(c, c + delta, eps) - c
-    state = opt.init(delta)
+    # Random per-vector start inside the feasible set (the paper: unique init per vector); with
+    # cfg.steps = 0 this is exactly the `random` control defense.
+    v = space.init(key, c, eps if radius is None else radius[:, None], **where)
 
     def body(_, carry):
-      delta, state = carry
-      g = jax.grad(lambda d: objective(feasible.project(c, c + d, eps)))(delta)
-      if radius is not None:  # frozen rows: their (0/0 at delta = 0) gradient is dropped
-        g = jnp.where(radius[:, None] > 0, g, 0.0)
-      updates, state = opt.update(g, state, delta)
-      delta = feasible.project(c, c + optax.apply_updates(delta, updates), eps) - c
-      return delta, state
+      return crafting_round(*carry, c, eps, radius, objective=objective, opt=opt,
+                            space_name=cfg.space, log_bound=cfg.log_bound)
 
-    delta, _ = jax.lax.fori_loop(0, cfg.steps, body, (delta, state))
-    return delta, row_losses(delta)
+    v, _ = jax.lax.fori_loop(0, cfg.steps, body, (v, opt.init(v)))
+    return to_vector(v), row_losses(v)
 
-  keys = jax.random.split(key, cfg.restarts)
-  best_delta, best_loss = one_restart(keys[0])
+  keys = space.restart_keys(key, cfg.restarts)
+  best, best_loss = one_restart(keys[0])
   for k in keys[1:]:  # static count: unrolled, still one compilation
-    delta, loss = one_restart(k)
+    out, loss = one_restart(k)
     better = (loss < best_loss)[:, None]
-    best_delta = jnp.where(better, delta, best_delta)
+    best = jnp.where(better, out, best)
     best_loss = jnp.minimum(loss, best_loss)
-  return c + best_delta, best_loss
+  return best, best_loss
 
 
 class Crafter:
@@ -151,7 +165,9 @@ class Crafter:
     if self.cfg.batch_size % self.mesh.devices.size:
       raise ValueError(f'lpa.batch_size={self.cfg.batch_size} must be a multiple of the '
                        f'{self.mesh.devices.size} devices')
-    loss_fn = decoder_loss_fn(model, variables['batch_stats'], config.attack, self.cfg.loss)
+    space.check(self.cfg.space)
+    loss_fn = decoder_loss_fn(model, variables['batch_stats'], config.attack, self.cfg.loss,
+                              self.cfg.batchnorm)
     self.params = parallel.replicate(variables['params'], self.mesh)
     self.target_grad = parallel.replicate(target_grad, self.mesh)
     self.craft_fn = jax.jit(functools.partial(craft_batch, loss_fn=loss_fn, cfg=self.cfg))
@@ -164,19 +180,13 @@ class Crafter:
     """
     b = self.cfg.batch_size
     out, losses = [], []
-    for start in range(0, len(probs), b):
-      c, x = probs[start:start + b], images[start:start + b]
-      n = len(c)
-      pad = b - n  # pad with copies of row 0 at weight 0: same shape, no recompilation
-      w = np.concatenate([np.ones(n), np.zeros(pad)]).astype(c.dtype)
-      c = np.concatenate([c, np.repeat(c[:1], pad, 0)])
-      x = np.concatenate([x, np.repeat(x[:1], pad, 0)]).astype(c.dtype)
-      arrays = (c, x, w)
-      if radius is not None:
-        arrays += (np.concatenate([radius[start:start + b], np.zeros(pad)]).astype(c.dtype),)
-      batch = parallel.shard_batch(arrays, self.mesh)
-      key = jax.random.fold_in(jax.random.key(seed), start // b)
-      defended, loss = self.craft_fn(*batch[:3], key, *batch[3:], params=self.params,
+    arrays = (probs, np.asarray(images, probs.dtype))
+    if radius is not None:
+      arrays += (np.asarray(radius, probs.dtype),)
+    for start, n, batch in parallel.padded_batches(arrays, b, mesh=self.mesh):
+      c, x, *rad, w = batch
+      key = jax.random.key(seed)  # rows draw their own start from it (space.row_keys)
+      defended, loss = self.craft_fn(c, x, w, key, *rad, params=self.params,
                                      target_grad=self.target_grad)
       out.append(np.asarray(defended)[:n])
       losses.append(np.asarray(loss)[:n])
@@ -185,27 +195,25 @@ class Crafter:
 
 # ---------------------------------------------------------------- the defense protocol
 
-def train_substitute(setup):
-  """The defender's substitute decoder on clean attack-data vectors (stage 'substitute')."""
-  from mip_jax import experiment  # late import: experiment imports the defense registry
-  config = setup.config
-  z = np.asarray(transforms.attacker_input(setup.clean['attack_train'], config.attack))
-  return stages.train_decoder(config, z, setup.splits.attack_train.images, workdir=setup.workdir,
-                              stage='substitute', seed=config.seed + 3, mesh=setup.mesh,
-                              fingerprint_extra=['substitute', experiment.data_fingerprint(config)])
-
-
 def fit(setup) -> dict:
   """Trains (or loads) the substitute and computes the target gradient over private training data."""
   model, variables = train_substitute(setup)
   loss_fn = decoder_loss_fn(model, variables['batch_stats'], setup.config.attack,
-                            setup.config.lpa.loss)
+                            setup.config.lpa.loss, setup.config.lpa.batchnorm)
   g_t = target_gradient(loss_fn, variables['params'], setup.clean['private_train'],
                         setup.splits.private_train.images)
   crafter = Crafter(model=model, variables=variables, target_grad=g_t, config=setup.config,
                     mesh=setup.mesh)
   return {'crafter': crafter, 'workdir': setup.workdir, 'seed': setup.config.seed,
-          'tag': checkpoints.fingerprint(setup.config.lpa.to_dict())}
+          'tag': cache_tag(setup.config, setup.config.lpa, variables, g_t)}
+
+
+def cache_tag(config, section, variables, g_t) -> str:
+  """What crafted vectors depend on besides the queries: the crafting settings, the attack transform,
+  the seed, the substitute (its stage and variables) and g_t (which carries the private data)."""
+  return checkpoints.fingerprint([section.to_dict(), config.attack.to_dict(), config.seed,
+                                  substitute.stage_name(config),
+                                  checkpoints.exact_fingerprint(variables, g_t)])
 
 
 def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:
@@ -213,15 +221,14 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
   if images is None:
     raise ValueError('LPA needs the queried images: its poisoned gradient is R(I(c\'), x)')
   probs = np.asarray(probs, np.float32)
-  key = f'lpa_{state["tag"]}_{checkpoints.array_fingerprint(probs)}'
-  path = os.path.join(state['workdir'], 'perturbations', key + '.npz')
-  if os.path.exists(path):
-    with np.load(path) as f:
-      return f['defended']
-  defended, losses = state['crafter'](probs, images, seed=state['seed'])
-  console.say('LPA crafted %d vectors: mean alignment loss %.4f', len(probs), float(np.mean(losses)))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, defended=defended, delta=defended - probs, clean=probs, alignment_loss=losses)
-  os.replace(tmp, path)
-  return defended
+  images = np.asarray(images, np.float32)
+
+  def craft():
+    defended, losses = state['crafter'](probs, images, seed=state['seed'])
+    console.say('LPA crafted %d vectors: mean alignment loss %.4f', len(probs),
+                float(np.mean(losses)))
+    return {'defended': defended, 'delta': defended - probs, 'clean': probs,
+            'alignment_loss': losses}
+
+  key = checkpoints.fingerprint([state['tag'], checkpoints.exact_fingerprint(probs, images)])
+  return cache.cached(state['workdir'], 'lpa', key, craft)

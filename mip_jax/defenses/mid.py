@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from mip_jax import checkpoints, stages, train
+from mip_jax.data import data_fingerprint
 from mip_jax.losses import vib
 from mip_jax.models.vib_classifier import VIBClassifier
 
@@ -69,7 +70,6 @@ def make_model(config, num_classes: int) -> VIBClassifier:
 
 def train_mid(setup):
   """Trains (or loads) stage 'classifier_mid' on the private training data; (model, variables)."""
-  from mip_jax import experiment  # late import: experiment imports the defense registry
   config = setup.config
   beta = float(config.mid.beta)
   if not beta >= 0:
@@ -80,7 +80,7 @@ def train_mid(setup):
       config.classifier, data.images, data.labels, m, workdir=setup.workdir, stage=STAGE,
       seed=config.seed, mesh=setup.mesh, model=make_model(config, m),
       step=lambda s, b, r, model: mid_step(s, b, r, model=model, beta=beta),
-      fingerprint_extra=['mid', {'beta': beta}, experiment.data_fingerprint(config)])
+      fingerprint_extra=['mid', {'beta': beta}, data_fingerprint(config)])
 
 
 def fit(setup) -> dict:

@@ -12,6 +12,8 @@ import numpy as np
 
 from mip_jax import checkpoints
 
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+
 
 def fit(setup) -> dict:
   """Checks config.noise; nothing is trained."""

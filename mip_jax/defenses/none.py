@@ -2,6 +2,8 @@
 
 import numpy as np
 
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+
 
 def fit(setup) -> None:
   """Nothing to fit."""

@@ -20,6 +20,8 @@ import numpy as np
 
 from mip_jax.defenses import noise
 
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+
 
 def fit(setup) -> dict:
   """Checks config.onepara; nothing is trained."""

@@ -10,6 +10,9 @@ import dataclasses
 
 from mip_jax.defenses import lpa
 
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)
+
 
 def fit(setup) -> dict:
   """`lpa.fit` under config.lpa overridden by config.poi_mse."""

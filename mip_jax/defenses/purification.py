@@ -27,10 +27,13 @@ import numpy as np
 import optax
 
 from mip_jax import checkpoints, stages, train
+from mip_jax.data import data_fingerprint
 from mip_jax.attacks import transforms
 from mip_jax.losses import reconstruction
 from mip_jax.models import make_decoder
 from mip_jax.models.purifier import Purifier, purifier_widths
+
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 
 REFERENCES = ('private_test', 'attack_train')
 
@@ -108,7 +111,6 @@ def check_config(cfg) -> None:
 
 def train_purifier(setup):
   """Trains (or loads) the purifier stage on the reference data; (Purifier, its variables)."""
-  from mip_jax import experiment  # late import: experiment imports the defense registry
   config, cfg = setup.config, setup.config.purification
   check_config(cfg)
   probs, images = reference_data(setup)
@@ -122,7 +124,7 @@ def train_purifier(setup):
                'batch_stats': {'purifier': pur_vars['batch_stats']}}
   optimizers = {'purifier': optax.adam(cfg.learning_rate)}
   inverter = None
-  fingerprint = [cfg.to_dict(), seed, experiment.data_fingerprint(config),
+  fingerprint = [cfg.to_dict(), seed, data_fingerprint(config),
                  checkpoints.array_fingerprint(probs)]
   if adversarial:
     inverter = make_decoder(config, m)

@@ -9,6 +9,8 @@ index, so a near-tied vector can change label, as with ART.
 
 import numpy as np
 
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+
 
 def fit(setup) -> dict:
   """Checks config.rounding; nothing is trained."""

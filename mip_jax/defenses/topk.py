@@ -7,6 +7,8 @@ k = 1 is ART's `ClassLabels` postprocessor (a one-hot label); larger k is the tr
 
 import numpy as np
 
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+
 
 def fit(setup) -> dict:
   """Checks config.topk; nothing is trained."""

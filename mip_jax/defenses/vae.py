@@ -29,17 +29,19 @@ import numpy as np
 import optax
 from absl import logging
 
-from mip_jax import checkpoints, parallel, train
+from mip_jax import checkpoints, parallel, substitute, train
+from mip_jax.data import data_fingerprint
 from mip_jax.defenses import feasible, lpa
 from mip_jax.losses import alignment
 from mip_jax.models import vae as vae_model
+
+REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)
 
 STAGE = 'vae'
 # Rows whose candidate moves no entry by this much have a numerically 0/0 projection gradient.
 _STUCK = 1e-18
 _ALIGNMENTS = ('per_example', 'aggregate')
-
-
 def make_generator(cfg, num_classes: int):
   """The generator module from config.vae (latent, hidden, eps)."""
   return vae_model.PerturbationVAE(num_classes=num_classes, latent=cfg.latent,
@@ -82,7 +84,7 @@ def generator_step(state: train.TrainState, batch: tuple, rng: jax.Array, *, mod
     state: the generator's training state.
     batch: (clean vectors c [B, m], LPA's vectors c* of them [B, m], the queried images x).
     rng: the VAE's 'sample' key.
-    model: the generator module; loss_fn: `lpa.decoder_loss_fn(...)` of the substitute.
+    model: the generator module; loss_fn: `substitute.decoder_loss_fn(...)` of the substitute.
     sub_params: the substitute decoder's parameters; target_grad: g_t (pytree like sub_params).
     cfg: config.vae (eps, align_weight, recon_weight, kl_weight, alignment, distance).
 
@@ -124,7 +126,8 @@ def train_generator(config, probs: np.ndarray, targets: np.ndarray, images: np.n
                          sample=False)
   state = train.TrainState.create(variables=variables, tx=optax.adam(cfg.learning_rate))
   ckpt = checkpoints.StageCheckpoint(workdir, STAGE, checkpoints.fingerprint(
-      [cfg.to_dict(), config.decoder.to_dict(), config.attack.to_dict(), config.lpa.to_dict(), seed,
+      [cfg.to_dict(), config.decoder.to_dict(), config.substitute.to_dict(), config.attack.to_dict(),
+       config.lpa.to_dict(), seed,
        fingerprint_extra, checkpoints.array_fingerprint(probs)]))
   mesh = mesh or parallel.data_mesh()
   # Device arrays (replicated), not numpy: closed-over numpy arrays would become HLO constants.
@@ -141,7 +144,6 @@ def train_generator(config, probs: np.ndarray, targets: np.ndarray, images: np.n
 
 def fit(setup) -> dict:
   """LPA's vectors of the attack-class queries, then trains (or loads) the generator on them."""
-  from mip_jax import experiment  # late import: experiment imports the defense registry
   config = setup.config
   check_config(config.vae)
   queries = setup.splits.attack_train
@@ -150,12 +152,12 @@ def fit(setup) -> dict:
   targets = clean
   if config.vae.recon_weight > 0:  # cached in <workdir>/perturbations, shared with `lpa`
     targets = np.asarray(lpa.apply(lpa_state, clean, images=queries.images), np.float32)
-  sub_model, sub_vars = lpa.train_substitute(setup)  # finished above: loaded
-  loss_fn = lpa.decoder_loss_fn(sub_model, sub_vars['batch_stats'], config.attack, config.lpa.loss)
+  sub_model, sub_vars = substitute.train_substitute(setup)  # finished above: loaded
+  loss_fn = substitute.decoder_loss_fn(sub_model, sub_vars['batch_stats'], config.attack, config.lpa.loss)
   model, params = train_generator(
       config, clean, targets, images, loss_fn=loss_fn, sub_params=sub_vars['params'],
       target_grad=lpa_state['crafter'].target_grad, workdir=setup.workdir, seed=config.seed + 5,
-      mesh=setup.mesh, fingerprint_extra=['vae', experiment.data_fingerprint(config)])
+      mesh=setup.mesh, fingerprint_extra=['vae', data_fingerprint(config)])
   return make_state(model, params, config.vae.eps, seed=config.seed + 6)
 
 
@@ -180,11 +182,8 @@ def generate(state: dict, probs: np.ndarray, *, chunk: int = 1024) -> tuple[np.n
   """
   probs = np.asarray(probs, np.float32)
   out, finite = [], []
-  for start in range(0, len(probs), chunk):
-    c = probs[start:start + chunk]
-    n = len(c)
-    size = 1 << max(n - 1, 0).bit_length()
-    padded = np.concatenate([c, np.repeat(c[:1], size - n, 0)])
+  pow2 = lambda n: 1 << max(n - 1, 0).bit_length()
+  for _, n, (padded, _) in parallel.padded_batches((probs,), chunk, pad_to=pow2):
     res = state['fn'](state['params'], padded)
     out.append(np.asarray(res['defended'])[:n])
     finite.append(np.asarray(res['finite'])[:n])

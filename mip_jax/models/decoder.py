@@ -5,9 +5,13 @@ Architecture (design section 4; Yang's `Inversion.decoder`, DCGAN-style):
   m x 1 x 1 --ConvT(k4, s1, p0)--> 4x4 x width*2**(blocks-2)   BatchNorm, Tanh
             --ConvT(k4, s2, p1)--> 8x8 x width*2**(blocks-3)    BatchNorm, Tanh   } blocks - 2
             ...                                                                    } of these
+            [--ConvT(k3, s1, p1)--> same side x width           BatchNorm, Tanh   } extra_blocks]
             --ConvT(k4, s2, p1)--> H x W x C                    Sigmoid
 
 so the output side is 4 * 2**(blocks - 1): blocks 3 -> 16, 4 -> 32, 5 -> 64, 6 -> 128.
+`extra_blocks` stride-1 blocks (a stride-1 transposed convolution is a convolution with the kernel
+flipped, so they are `nn.Conv` 3x3 SAME) make the decoder deeper without changing its output size:
+Table IV's deeper/shallower attackers at a fixed image size.
 Examples: width 64, blocks 4 -> 256-128-64-C; width 128, blocks 5 -> 1024-512-256-128-C.
 
 Transposed convolutions go through `conv_transpose` ('gemm' on CPU, `lax.conv_transpose` on
@@ -64,6 +68,7 @@ class Decoder(nn.Module):
     image_shape: (H, W, C) of the images to rebuild; H == W == 4 * 2**(blocks - 1).
     width: ngf, the channels of the last hidden block (config.decoder.width).
     blocks: number of transposed convolutions (config.decoder.blocks).
+    extra_blocks: stride-1 blocks (3x3, `width` channels, BatchNorm, Tanh) before the output layer.
     impl: transposed-convolution implementation, 'auto' | 'gemm' | 'lax'.
     use_bias: conv biases (Yang's PyTorch layers have them; they are redundant before BatchNorm
       in train mode but part of the published parameter count).
@@ -73,6 +78,7 @@ class Decoder(nn.Module):
   image_shape: tuple[int, int, int]
   width: int = 64
   blocks: int = 4
+  extra_blocks: int = 0
   impl: Impl = 'auto'
   use_bias: bool = True
   in_features: int | None = None
@@ -80,6 +86,8 @@ class Decoder(nn.Module):
   def __post_init__(self):
     # Fail at construction (make_decoder), not at the first init deep inside a training stage.
     check_geometry(tuple(self.image_shape), self.blocks)
+    if self.extra_blocks < 0:
+      raise ValueError(f'extra_blocks must be >= 0, got {self.extra_blocks}')
     super().__post_init__()
 
   @nn.compact
@@ -101,6 +109,10 @@ class Decoder(nn.Module):
     for i, c in enumerate(channels[1:], start=1):
       x = ConvTranspose4x4S2(c, impl=self.impl, use_bias=self.use_bias, name=f'convt_{i}')(x)
       x = jnp.tanh(norm(f'bn_{i}')(x))
+    for j in range(self.extra_blocks):
+      x = nn.Conv(channels[-1], (3, 3), padding='SAME', use_bias=self.use_bias,
+                  name=f'extra_{j}')(x)
+      x = jnp.tanh(norm(f'bn_extra_{j}')(x))
     x = ConvTranspose4x4S2(self.image_shape[-1], impl=self.impl, use_bias=self.use_bias,
                            name=f'convt_{self.blocks - 1}')(x)
     return nn.sigmoid(x)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from mip_jax.defenses import feasible
+from mip_jax.row_keys import row_keys
 
 LOG_FLOOR = 1e-30
 _FEATURE_SCALE = -math.log(LOG_FLOOR)  # maps [log 1e-30, 0] onto [-1, 0]
@@ -94,22 +95,6 @@ class PerturbationVAE(nn.Module):
 def kl_divergence(mu: jnp.ndarray, log_var: jnp.ndarray) -> jnp.ndarray:
   """KL(N(mu, exp(log_var)) || N(0, 1)) per row, summed over the latent axis: [B]."""
   return 0.5 * jnp.sum(jnp.square(mu) + jnp.exp(log_var) - 1.0 - log_var, axis=-1)
-
-
-# Latent keys hash log(c) rounded to 1/16: the same image classified in batches of other sizes
-# (float32 results that differ in the last bits) still gets the same latent, except with a
-# probability of about 1e-5 per vector (a rounding boundary).
-_KEY_GRID = 16.0
-
-
-def row_keys(c: jnp.ndarray, key: jax.Array) -> jax.Array:
-  """One PRNG key per row, a function of `key` and the row's rounded log-probabilities (FNV-1a)."""
-  grid = jnp.round(jnp.log(jnp.maximum(c.astype(jnp.float32), LOG_FLOOR)) * _KEY_GRID)
-  bits = jax.lax.bitcast_convert_type(grid.astype(jnp.int32), jnp.uint32)
-  h = jnp.full(c.shape[:1], 2166136261, jnp.uint32)
-  for j in range(c.shape[-1]):
-    h = (h ^ bits[:, j]) * jnp.uint32(16777619)
-  return jax.vmap(lambda x: jax.random.fold_in(key, x))(h)
 
 
 def prior_latents(c: jnp.ndarray, key: jax.Array, latent: int) -> jnp.ndarray:

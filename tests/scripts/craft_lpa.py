@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import digits
-from mip_jax import parallel
+from mip_jax import parallel, substitute
 from mip_jax.defenses import lpa
 from mip_jax.models import make_decoder
 
@@ -27,7 +27,7 @@ def problem(mode: str):
   images = rng.uniform(size=(40, 16, 16, 1))
   model = make_decoder(c, 5)
   variables = model.init(jax.random.key(0), jnp.asarray(probs[:1]), train=False)
-  loss_fn = lpa.decoder_loss_fn(model, variables['batch_stats'], c.attack)
+  loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'], c.attack)
   g_t = lpa.target_gradient(loss_fn, variables['params'], probs[:8], images[:8])
   return c, model, variables, g_t, probs, images
 

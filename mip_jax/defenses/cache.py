@@ -1,0 +1,29 @@
+"""Crafted vectors saved in `<workdir>/perturbations/`: crafted once, reused by later runs.
+
+A file's name is a hash of everything its vectors depend on (the caller's key: crafting settings,
+seed, substitute and target gradient, the clean vectors and the images), so a changed input crafts
+afresh instead of reusing vectors crafted against something else. Files are written whole (tmp then
+rename): a killed run leaves no half-written file.
+"""
+
+import os
+from typing import Callable
+
+import numpy as np
+
+
+def cached(workdir: str, prefix: str, key: str, craft: Callable[[], dict]) -> np.ndarray:
+  """The `defended` array of `<workdir>/perturbations/<prefix>_<key>.npz`, crafted when missing.
+
+  `craft()` returns a dict of arrays with at least 'defended'; all of them are saved.
+  """
+  path = os.path.join(workdir, 'perturbations', f'{prefix}_{key}.npz')
+  if os.path.exists(path):
+    with np.load(path) as f:
+      return f['defended']
+  arrays = craft()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+  return arrays['defended']
