@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -73,10 +74,16 @@ def test_facescrub_without_data_fails_fast_with_instructions(tmp_path):
   assert time.time() - start < 60
 
 
-def test_mnist_without_data_fails_fast(tmp_path):
+@pytest.mark.parametrize('verbose', [False, True])
+def test_mnist_without_data_fails_fast(tmp_path, verbose):
   r = launch('launch.attack', '--config=configs/mnist.py', f'--config.data_dir={tmp_path}',
-             f'--workdir={tmp_path / "w"}')
+             f'--workdir={tmp_path / "w"}', *(['--verbosity=0'] if verbose else []))
   assert r.returncode != 0 and 'tfds build mnist' in r.stderr
+  # Library INFO records (absl format 'I1129 12:00:00.000 ...') go to the workdir's log.txt; the
+  # terminal gets them only when --verbosity is given.
+  log = open(tmp_path / 'w' / 'log.txt').read()
+  assert 'JAX ' in log and 'backend' in log
+  assert bool(re.search(r'^I\d{4} .*JAX .*backend', r.stderr, re.M)) == verbose
 
 
 def test_launcher_rejects_unknown_config_key(tmp_path):
