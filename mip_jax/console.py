@@ -5,7 +5,7 @@
 
 Library code logs with absl as usual (per-epoch losses, checkpoint paths; Orbax and TFDS add
 thousands of INFO records of their own). `to_workdir` keeps all of those in `<workdir>/log.txt`
-and lets only `say` lines and warnings reach the terminal. Without `to_workdir` (tests, notebooks)
+and lets only `say` lines and warnings (Orbax's own: errors only) reach the terminal. Without `to_workdir` (tests, notebooks)
 `say` is an ordinary absl INFO record. `--verbosity` (or `--logtostderr`) on the command line
 brings every record back to the terminal.
 """
@@ -25,11 +25,19 @@ def say(msg: str, *args) -> None:
   logging.info(msg, *args, extra={_SAY: True})
 
 
+# Libraries whose warnings are about their own bookkeeping, not the user's run (Orbax: "Waiting for
+# previous save to complete took 1.1 seconds" on every epoch of a loaded machine): log file only.
+_LOG_FILE_ONLY_WARNINGS = (os.sep + 'orbax' + os.sep,)
+
+
 class _TerminalFilter(py_logging.Filter):
   """Keeps warnings and worse for absl's stderr handler; `say` lines get their own handler."""
 
   def filter(self, record):
-    return record.levelno >= py_logging.WARNING
+    if record.levelno < py_logging.WARNING:
+      return False
+    quiet = any(part in record.pathname for part in _LOG_FILE_ONLY_WARNINGS)
+    return record.levelno >= py_logging.ERROR or not quiet
 
 
 class _SayFilter(py_logging.Filter):
