@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.substitute.batch_size = ml_collections.config_dict.placeholder(int)
   c.substitute.learning_rate = ml_collections.config_dict.placeholder(float)
   c.substitute.data = 'all'             # attack queries it trains on: 'all', 'half1', 'half2'
+  # Its input transform (attacks.transforms: 'log', 'floor', 'prob'); None: the attacker's
+  # c.attack.transform. 'floor': a defender that anticipates a zero-robust attacker.
+  c.substitute.transform = ml_collections.config_dict.placeholder(str)
 
   # What the attacker feeds its decoder (Yang et al.): 'log' (log-probs, top-k truncated) or 'prob'.
   c.attack = ml_collections.ConfigDict()
@@ -96,6 +99,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.lpa.space = 'prob'                  # 'prob' (paper: entries can hit exactly 0) or 'log' (zero-free)
   c.lpa.log_bound = 10.0                # 'log' space: |d_j| <= log_bound; step = tau * log_bound
   c.lpa.batchnorm = 'eval'              # substitute's BatchNorm in the alignment: 'eval' or 'train'
+  c.lpa.objective = 'untargeted'        # g_t: 'untargeted' (paper: -grad R on private data), or
+                                        # targeted toward a decoy: 'decoy_mean', 'decoy_class'
+  c.lpa.ensemble_size = 1               # substitutes whose alignment losses are averaged (Witches'
+                                        # Brew --ensemble); member 0 is config.substitute
+  c.lpa.ensemble_vary = 'seed'          # members differ by 'seed', or by 'arch' (seed, width x1/0.5/2,
+                                        # extra stride-1 blocks 0/1 in turn)
 
   # LFP (Algorithms 2, 3): poison a budget of served vectors by reversing their rank order, then
   # fine-tune them with LPA's alignment crafting (same fields as c.lpa) around the reversed vectors.
@@ -115,6 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.lfp.space = 'prob'
   c.lfp.log_bound = 10.0
   c.lfp.batchnorm = 'eval'
+  c.lfp.objective = 'untargeted'
 
   # Post-processing baselines (Tables VII and the ART postprocessors); each a defenses/ module.
   c.noise = ml_collections.ConfigDict()

@@ -44,13 +44,30 @@ def decoder_section(config, section=None) -> ml_collections.ConfigDict:
   return dec
 
 
+def attack_config(config, section=None) -> ml_collections.ConfigDict:
+  """config.attack as the substitute reads vectors: `section.transform` when set (a defender that
+  anticipates a zero-robust attacker uses 'floor'), else the attacker's own transform."""
+  section = config.substitute if section is None else section
+  transform = section.get('transform')
+  if transform is None:
+    return config.attack
+  if transform not in transforms.TRANSFORMS:
+    raise ValueError(f'substitute.transform must be one of {", ".join(transforms.TRANSFORMS)} '
+                     f'(or None: the attacker\'s), got {transform!r}')
+  cfg = config.attack.copy_and_resolve_references()
+  cfg.transform = transform
+  return cfg
+
+
 def stage_name(config, section=None, seed: int | None = None) -> str:
   """'substitute_<hash>' of what defines I_sub (resolved architecture, loss, training, data, seed):
   equal substitutes share a stage whichever cell asks for them, different ones never clash, so
   several substitutes (the cells of Tables II-IV, an ensemble) live in one workdir."""
   section = config.substitute if section is None else section
   seed = config.seed + SEED_OFFSET if seed is None else int(seed)
-  key = [decoder_section(config, section).to_dict(), section.data, seed]
+  attack = attack_config(config, section)  # how it reads vectors (not the attacker's other fields)
+  reads = {k: attack[k] for k in ('transform', 'top_k', 'log_floor', 'floor') if k in attack}
+  key = [decoder_section(config, section).to_dict(), section.data, seed, reads]
   return f'substitute_{checkpoints.fingerprint(key)[:8]}'
 
 
@@ -67,7 +84,8 @@ def train_substitute(setup, section=None, *, seed: int | None = None):
   seed = config.seed + SEED_OFFSET if seed is None else int(seed)
   queries = setup.splits.attack_train
   idx = query_indices(len(queries.labels), section.data)
-  z = np.asarray(transforms.attacker_input(setup.clean['attack_train'][idx], config.attack))
+  z = np.asarray(transforms.attacker_input(setup.clean['attack_train'][idx],
+                                           attack_config(config, section)))
   return stages.train_decoder(config, z, queries.images[idx], section=decoder_section(config, section),
                               workdir=setup.workdir, stage=stage_name(config, section, seed),
                               seed=seed, mesh=setup.mesh,

@@ -129,3 +129,96 @@ def test_one_step_on_lpa_vectors_hurts_private_reconstruction_more_than_random(w
 
   lpa_rise, random_rise = after_one_step(crafted) - before, after_one_step(control) - before
   assert lpa_rise - random_rise > 0.1 * abs(random_rise)
+
+
+def test_an_ensemble_objective_is_the_mean_of_its_members():
+  c, model, variables, g_t, probs, images = craft_lpa.problem('aggregate')
+  other = model.init(jax.random.key(7), jnp.asarray(probs[:1]), train=False)
+  loss_fn = lpa.decoder_loss_fn(model, other['batch_stats'], c.attack)
+  g_other = lpa.target_gradient(loss_fn, other['params'], probs[:8], images[:8])
+  p, x, w = probs[8:24].astype(np.float32), images[8:24].astype(np.float32), np.ones(16, np.float32)
+  single = lambda v, g: lpa.alignment_objective(x, w, params=v['params'], target_grad=g, cfg=c.lpa,
+                                                loss_fn=lpa.decoder_loss_fn(model, v['batch_stats'],
+                                                                            c.attack))(p)
+  both = lpa.alignment_objective(
+      x, w, params=(variables['params'], other['params']), target_grad=(g_t, g_other), cfg=c.lpa,
+      loss_fn=tuple(lpa.decoder_loss_fn(model, v['batch_stats'], c.attack)
+                    for v in (variables, other)))(p)
+  np.testing.assert_allclose(both, (single(variables, g_t) + single(other, g_other)) / 2, rtol=1e-5)
+  crafter = lpa.Crafter(members=[(model, variables, g_t), (model, other, g_other)], config=c)
+  defended, _ = crafter(p, x, seed=0)
+  assert metrics.label_flip_rate(defended, p) == 0 and np.abs(defended - p).max() > 1e-4
+
+
+@pytest.fixture(scope='module')
+def tiny_setup(data_dir, tmp_path_factory):
+  from configs import digits
+  from mip_jax import experiment
+  c = digits.get_config('tiny')
+  c.data_dir = data_dir
+  return experiment.prepare(c, str(tmp_path_factory.mktemp('attribution')))
+
+
+def test_crafted_vectors_are_cached_under_everything_they_depend_on(tiny_setup):
+  import dataclasses
+  import os
+  files = lambda: sorted(os.listdir(os.path.join(tiny_setup.workdir, 'perturbations')))
+  queries = tiny_setup.splits.attack_train
+  clean = tiny_setup.clean['attack_train']
+  first = lpa.apply(lpa.fit(tiny_setup), clean, images=queries.images)
+  again = lpa.apply(lpa.fit(tiny_setup), clean, images=queries.images)
+  assert len(files()) == 1
+  np.testing.assert_array_equal(again, first)  # the same inputs: served from the cache
+  changed = tiny_setup.config.copy_and_resolve_references()
+  changed.attack.log_floor = -500.0  # another attacker transform: another substitute, new vectors
+  lpa.apply(lpa.fit(dataclasses.replace(tiny_setup, config=changed)), clean, images=queries.images)
+  assert len(files()) == 2
+  other_images = queries.images[::-1].copy()  # same vectors, other images: crafted afresh
+  lpa.apply(lpa.fit(tiny_setup), clean, images=other_images)
+  assert len(files()) == 3
+
+
+def test_ensemble_members_are_distinct_substitutes(tiny_setup):
+  import dataclasses
+  c = tiny_setup.config.copy_and_resolve_references()
+  c.lpa.ensemble_size, c.lpa.ensemble_vary = 3, 'arch'
+  members = lpa.ensemble_members(dataclasses.replace(tiny_setup, config=c))
+  sizes = [sum(x.size for x in jax.tree.leaves(v['params'])) for _, v, _ in members]
+  assert len(set(sizes)) == 3  # widths x1, x0.5, x2 (and an extra block) differ in size
+  c.substitute.transform = 'floor'
+  from mip_jax import substitute
+  assert substitute.stage_name(c) != substitute.stage_name(tiny_setup.config)
+
+
+@pytest.mark.parametrize('objective', ['untargeted', 'decoy_mean', 'decoy_class'])
+def test_a_step_along_the_defensive_gradient_does_what_its_objective_says(tiny_setup, objective):
+  """g_t is what the attacker's update should follow (theta -= lr * g_p with g_p aligned to g_t):
+  untargeted, it must raise the private reconstruction error; targeted, lower the error toward the
+  decoys (a sign error in either would make LPA poison the wrong way)."""
+  from mip_jax import substitute
+  cfg = tiny_setup.config.lpa.copy_and_resolve_references()
+  cfg.objective = objective
+  model, variables = substitute.train_substitute(tiny_setup)
+  loss_fn = lpa.decoder_loss_fn(model, variables['batch_stats'], tiny_setup.config.attack)
+  g_t = lpa.defensive_gradient(loss_fn, variables['params'], tiny_setup, cfg)
+  private = tiny_setup.splits.private_train
+  probs, ones = tiny_setup.clean['private_train'], np.ones(len(private.labels), np.float32)
+  if objective == 'untargeted':
+    target, sign = private.images, +1        # the private error must go up
+  elif objective == 'decoy_mean':
+    target = np.broadcast_to(tiny_setup.splits.attack_train.images.mean(0), private.images.shape)
+    sign = -1                                # the error toward the decoy must go down
+  else:
+    classes = np.unique(private.labels)
+    means = {k: private.images[private.labels == k].mean(0) for k in classes}
+    target = np.stack([means[classes[(list(classes).index(y) + 1) % len(classes)]]
+                       for y in private.labels])
+    sign = -1
+  target = np.ascontiguousarray(target, np.float32)
+  before = float(loss_fn(variables['params'], probs, target, ones))
+  stepped = optax.apply_updates(variables['params'], optax.tree.scale(-1e-2, g_t))
+  after = float(loss_fn(stepped, probs, target, ones))
+  assert sign * (after - before) > 0
+  with pytest.raises(ValueError, match='lpa.objective'):
+    cfg.objective = 'decoy'
+    lpa.defensive_gradient(loss_fn, variables['params'], tiny_setup, cfg)

@@ -64,5 +64,5 @@ def test_attacker_input_dispatches_and_rejects_unknown():
   cfg = ml_collections.ConfigDict({'transform': 'prob', 'top_k': 1, 'log_floor': -1000.0})
   np.testing.assert_allclose(transforms.attacker_input(jnp.array([[0.2, 0.8]]), cfg), [[0, 0.8]])
   cfg.transform = 'sqrt'
-  with pytest.raises(ValueError, match="known: 'log', 'prob'"):
+  with pytest.raises(ValueError, match='known: log, floor, prob'):
     transforms.attacker_input(jnp.array([[0.2, 0.8]]), cfg)

@@ -77,7 +77,8 @@ class Ascender:
       raise ValueError(f'batch_size={batch_size} must be a positive multiple of the '
                        f'{self.mesh.devices.size} devices')
     model, variables = substitute.train_substitute(setup)
-    loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'], setup.config.attack)
+    loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'],
+                                         substitute.attack_config(setup.config))
     self.batch_size = batch_size
     self.params = parallel.replicate(variables['params'], self.mesh)
     self.fn = jax.jit(functools.partial(ascend, loss_fn=loss_fn, opt=opt, steps=steps,

@@ -113,10 +113,9 @@ def fit(setup) -> dict:
   state = {'cfg': cfg, 'seed': config.seed, 'workdir': setup.workdir, 'crafter': None}
   if cfg.steps > 0 and cfg.eps > 0 and cfg.budget > 0:
     model, variables = substitute.train_substitute(setup)
-    loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'], config.attack, cfg.loss,
-                                         cfg.batchnorm)
-    g_t = lpa.target_gradient(loss_fn, variables['params'], setup.clean['private_train'],
-                              setup.splits.private_train.images)
+    loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'],
+                                         substitute.attack_config(config), cfg.loss, cfg.batchnorm)
+    g_t = lpa.defensive_gradient(loss_fn, variables['params'], setup, cfg)
     state['crafter'] = lpa.Crafter(model=model, variables=variables, target_grad=g_t,
                                    config=config, mesh=setup.mesh, section=cfg)
     state['tag'] = lpa.cache_tag(config, cfg, variables, g_t)

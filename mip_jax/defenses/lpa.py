@@ -59,11 +59,24 @@ def delta_optimizer(cfg) -> optax.GradientTransformation:
 
 
 def alignment_objective(images, weights, *, params, target_grad, loss_fn, cfg):
-  """`objective(probs)`: Algorithm 1's alignment loss of candidate vectors for these queries."""
-  return functools.partial(
-      alignment.per_example_alignment_loss if cfg.mode == 'per_example' else alignment.alignment_loss,
-      loss_fn=loss_fn, params=params, images=images, target_grad=target_grad, weights=weights,
-      distance=cfg.distance)
+  """`objective(probs)`: Algorithm 1's alignment loss of candidate vectors for these queries.
+
+  With an ensemble of substitutes `params`, `target_grad` and `loss_fn` are tuples (one entry per
+  member) and the objective is the mean of the members' losses (Witches' Brew's --ensemble).
+  """
+  loss = (alignment.per_example_alignment_loss if cfg.mode == 'per_example'
+          else alignment.alignment_loss)
+  return _ensemble_mean(loss, params=params, target_grad=target_grad, loss_fn=loss_fn,
+                        images=images, weights=weights, distance=cfg.distance)
+
+
+def _ensemble_mean(loss, *, params, target_grad, loss_fn, **kwargs):
+  """`f(probs)` = mean over ensemble members of `loss(probs, loss_fn=, params=, target_grad=, ...)`."""
+  if not isinstance(loss_fn, tuple):
+    return functools.partial(loss, loss_fn=loss_fn, params=params, target_grad=target_grad, **kwargs)
+  parts = [functools.partial(loss, loss_fn=f, params=p, target_grad=g, **kwargs)
+           for f, p, g in zip(loss_fn, params, target_grad)]
+  return lambda probs: sum(part(probs) for part in parts) / len(parts)
 
 
 def crafting_round(v: jnp.ndarray, opt_state, c: jnp.ndarray, eps, radius=None, *, objective,
@@ -119,9 +132,9 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
   def row_losses(v):
     probs = to_vector(v)
     if per_example:
-      one = lambda p, x: alignment.per_example_alignment_loss(
-          p[None], loss_fn=loss_fn, params=params, images=x[None], target_grad=target_grad,
-          distance=cfg.distance)
+      one = lambda p, x: _ensemble_mean(
+          alignment.per_example_alignment_loss, loss_fn=loss_fn, params=params,
+          target_grad=target_grad, images=x[None], distance=cfg.distance)(p[None])
       return jax.vmap(one)(probs, images)
     return jnp.full(c.shape[:1], objective(probs))
 
@@ -151,13 +164,16 @@ class Crafter:
   """Crafts LPA vectors for any number of queries with one compiled batch function.
 
   Args:
-    params / batch_stats: the substitute decoder's variables; model: its Flax module.
-    target_grad: g_t; config: the run config (uses config.lpa and config.attack).
+    model / variables: the substitute decoder (Flax module, its variables); target_grad: its g_t.
+    members: instead of those, an ensemble: [(model, variables, target_grad), ...], whose alignment
+      losses are averaged.
+    config: the run config (uses config.lpa, config.attack and config.substitute's transform).
     mesh: 'data' mesh; the crafting batch is split over it.
     section: the crafting settings when not config.lpa (LFP's config.lfp); same fields.
   """
 
-  def __init__(self, *, model, variables, target_grad, config, mesh=None, section=None):
+  def __init__(self, *, model=None, variables=None, target_grad=None, config, mesh=None,
+               section=None, members=None):
     self.cfg = config.lpa if section is None else section
     self.mesh = mesh or parallel.data_mesh()
     if self.cfg.mode not in ('aggregate', 'per_example'):
@@ -166,10 +182,15 @@ class Crafter:
       raise ValueError(f'lpa.batch_size={self.cfg.batch_size} must be a multiple of the '
                        f'{self.mesh.devices.size} devices')
     space.check(self.cfg.space)
-    loss_fn = decoder_loss_fn(model, variables['batch_stats'], config.attack, self.cfg.loss,
-                              self.cfg.batchnorm)
-    self.params = parallel.replicate(variables['params'], self.mesh)
-    self.target_grad = parallel.replicate(target_grad, self.mesh)
+    members = members or [(model, variables, target_grad)]
+    attack_cfg = substitute.attack_config(config)
+    loss_fn = tuple(decoder_loss_fn(m, v['batch_stats'], attack_cfg, self.cfg.loss,
+                                    self.cfg.batchnorm) for m, v, _ in members)
+    params, target_grads = tuple(v['params'] for _, v, _ in members), tuple(g for *_, g in members)
+    if len(members) == 1:  # a single substitute: plain pytrees, as the functional API takes them
+      loss_fn, params, target_grads = loss_fn[0], params[0], target_grads[0]
+    self.params = parallel.replicate(params, self.mesh)
+    self.target_grad = parallel.replicate(target_grads, self.mesh)
     self.craft_fn = jax.jit(functools.partial(craft_batch, loss_fn=loss_fn, cfg=self.cfg))
 
   def __call__(self, probs: np.ndarray, images: np.ndarray, *, seed: int,
@@ -195,15 +216,65 @@ class Crafter:
 
 # ---------------------------------------------------------------- the defense protocol
 
+def ensemble_members(setup, cfg=None) -> list[tuple]:
+  """[(model, variables, g_t)] of the defender's substitutes: config.substitute, plus
+  cfg.ensemble_size - 1 members with other seeds ('seed') or also other widths / depths ('arch').
+  Each member is its own cached stage; g_t is taken over the private training data for each."""
+  config = setup.config
+  cfg = config.lpa if cfg is None else cfg
+  if cfg.ensemble_size < 1 or cfg.ensemble_vary not in ('seed', 'arch'):
+    raise ValueError(f"lpa.ensemble_size must be >= 1 and lpa.ensemble_vary 'seed' or 'arch'; got "
+                     f'{cfg.ensemble_size} and {cfg.ensemble_vary!r}')
+  members = []
+  for k in range(cfg.ensemble_size):
+    section = config.substitute.copy_and_resolve_references()
+    if k and cfg.ensemble_vary == 'arch':
+      width = substitute.decoder_section(config).width
+      section.width = max(1, int(width * (1.0, 0.5, 2.0)[k % 3]))
+      section.extra_blocks = k % 2
+    seed = config.seed + substitute.SEED_OFFSET + 1000 * k
+    model, variables = train_substitute(setup, section, seed=seed)
+    loss_fn = decoder_loss_fn(model, variables['batch_stats'], substitute.attack_config(config),
+                              cfg.loss, cfg.batchnorm)
+    members.append((model, variables, defensive_gradient(loss_fn, variables['params'], setup, cfg)))
+  return members
+
+
+OBJECTIVES = ('untargeted', 'decoy_mean', 'decoy_class')
+
+
+def defensive_gradient(loss_fn, params, setup, cfg) -> Any:
+  """g_t: where the defender wants the attacker's training to move the decoder (cfg.objective).
+
+  'untargeted' (the paper): -grad R(I(c), x) over private data, i.e. make private reconstructions
+  worse. The targeted ones are Witches' Brew's own setting, poisoning toward a chosen outcome:
+  +grad R(I(c), decoy), i.e. teach the decoder to rebuild a decoy from private vectors:
+  'decoy_mean' the mean query image (one blurry digit for every class), 'decoy_class' the mean private
+  image of the next private class (a recognisable wrong answer, aimed at attack accuracy).
+  """
+  if cfg.objective not in OBJECTIVES:
+    raise ValueError(f'lpa.objective must be one of {", ".join(OBJECTIVES)}, got {cfg.objective!r}')
+  private = setup.splits.private_train
+  probs = setup.clean['private_train']
+  if cfg.objective == 'untargeted':
+    return target_gradient(loss_fn, params, probs, private.images)
+  if cfg.objective == 'decoy_mean':
+    decoys = np.broadcast_to(setup.splits.attack_train.images.mean(0), private.images.shape)
+  else:
+    classes = np.unique(private.labels)
+    means = {int(k): private.images[private.labels == k].mean(0) for k in classes}
+    nxt = {int(k): int(classes[(i + 1) % len(classes)]) for i, k in enumerate(classes)}
+    decoys = np.stack([means[nxt[int(y)]] for y in private.labels])
+  # target_gradient is the mean of -grad R; the targeted direction is +grad R toward the decoys.
+  return optax.tree.scale(-1.0, target_gradient(loss_fn, params, probs,
+                                                np.ascontiguousarray(decoys, np.float32)))
+
+
 def fit(setup) -> dict:
-  """Trains (or loads) the substitute and computes the target gradient over private training data."""
-  model, variables = train_substitute(setup)
-  loss_fn = decoder_loss_fn(model, variables['batch_stats'], setup.config.attack,
-                            setup.config.lpa.loss, setup.config.lpa.batchnorm)
-  g_t = target_gradient(loss_fn, variables['params'], setup.clean['private_train'],
-                        setup.splits.private_train.images)
-  crafter = Crafter(model=model, variables=variables, target_grad=g_t, config=setup.config,
-                    mesh=setup.mesh)
+  """Trains (or loads) the substitute(s) and the target gradient over private training data."""
+  members = ensemble_members(setup)
+  crafter = Crafter(members=members, config=setup.config, mesh=setup.mesh)
+  variables, g_t = [m[1] for m in members], [m[2] for m in members]
   return {'crafter': crafter, 'workdir': setup.workdir, 'seed': setup.config.seed,
           'tag': cache_tag(setup.config, setup.config.lpa, variables, g_t)}
 

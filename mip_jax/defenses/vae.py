@@ -153,7 +153,8 @@ def fit(setup) -> dict:
   if config.vae.recon_weight > 0:  # cached in <workdir>/perturbations, shared with `lpa`
     targets = np.asarray(lpa.apply(lpa_state, clean, images=queries.images), np.float32)
   sub_model, sub_vars = substitute.train_substitute(setup)  # finished above: loaded
-  loss_fn = substitute.decoder_loss_fn(sub_model, sub_vars['batch_stats'], config.attack, config.lpa.loss)
+  loss_fn = substitute.decoder_loss_fn(sub_model, sub_vars['batch_stats'],
+                                       substitute.attack_config(config), config.lpa.loss)
   model, params = train_generator(
       config, clean, targets, images, loss_fn=loss_fn, sub_params=sub_vars['params'],
       target_grad=lpa_state['crafter'].target_grad, workdir=setup.workdir, seed=config.seed + 5,
