@@ -14,5 +14,9 @@ python3 -m launch.benchmark --config=configs/facescrub.py --json_out="$out/bench
 # The CPU formulation of the transposed convolution, for comparison with cuDNN's.
 python3 -m launch.benchmark --config=configs/mnist.py --config.decoder.impl=gemm \
   --json_out="$out/bench_mnist_gemm.json"
+# LPA crafting throughput (vectors/s) on 1, 2, 4, ... of this machine's GPUs, with the scaling ratios.
+python3 -m benchmarks.scaling --config=configs/mnist.py --json_out="$out/scaling_mnist.json"
+python3 -m benchmarks.scaling --config=configs/facescrub.py --config.lpa.steps=24 \
+  --json_out="$out/scaling_facescrub.json"
 # GEMM and lax transposed convolutions agree on this platform too.
 python3 -m pytest -q -p no:cacheprovider tests/test_models.py 2>&1 | tail -3

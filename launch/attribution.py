@@ -16,6 +16,8 @@ from mip_jax.attacks import adaptive
 flags.mark_flags_as_required(['config'])
 TABLE = flags.DEFINE_enum('table', 'attribution', list(attribution.TABLES),
                           'attribution: none / random / lpa in both spaces; ablation: the levers.')
+ROWS = flags.DEFINE_list('rows', None, "Only these rows of the table, by label (e.g. 'none,random "
+                        "(zero-free),lpa (zero-free)'); default: all.")
 ATTACKERS = flags.DEFINE_list('attackers', list(attribution.ATTACKERS),
                               'Attackers (columns): ' + ','.join(adaptive.ATTACKERS))
 
@@ -25,14 +27,17 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   for kind in ATTACKERS.value:
     adaptive.check(kind)
+  common.join_cluster()
   common.log_devices()
   config = common.CONFIG.value
   workdir = common.workdir_for(config)
   seeds = common.SEEDS.value or [config.seed]
-  result = attribution.run(config, workdir, seeds=seeds, rows=attribution.TABLES[TABLE.value],
+  rows = attribution.select(attribution.TABLES[TABLE.value], ROWS.value)
+  result = attribution.run(config, workdir, seeds=seeds, rows=rows,
                            attackers=tuple(ATTACKERS.value), name=TABLE.value)
-  print(result['table'])
-  print(f'{TABLE.value}.md and .json written to {workdir}')
+  if common.is_main_process():
+    print(result['table'])
+    print(f'{TABLE.value}.md and .json written to {workdir}')
 
 
 if __name__ == '__main__':

@@ -7,15 +7,37 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
+from mip_jax import validation
+
 CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/digits.py or configs/digits.py:tiny; '
     'override fields with --config.field=value.', lock_config=True)
+validation.install_flag_checks(CONFIG)  # unknown keys and bad values: one sentence, exit 1
 WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: checkpoints, results.json/.md, figures. '
                               'Default: runs/<dataset>.')
 
 
 SEEDS = flags.DEFINE_list('seeds', None, 'Run once per seed (in <workdir>/seed_<s>) and write the '
                           'mean and std over seeds, e.g. --seeds=0,1,2. Default: config.seed only.')
+
+
+# Several JAX processes (hosts): every process runs the same command with its own --process_id.
+COORDINATOR = flags.DEFINE_string('coordinator_address', None, "Join a JAX cluster: process 0's "
+                                  'host:port (with --num_processes and --process_id).')
+NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Join a JAX cluster: how many processes.')
+PROCESS_ID = flags.DEFINE_integer('process_id', None, "Join a JAX cluster: this process's index.")
+DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Join the JAX cluster the environment '
+                                'describes (SLURM, Open MPI, Cloud TPU, JAX_COORDINATOR_ADDRESS).')
+
+
+def join_cluster() -> None:
+  """`jax.distributed.initialize` from the flags above when asked; must run before any JAX work."""
+  from mip_jax import parallel
+  try:
+    parallel.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value,
+                        from_environment=DISTRIBUTED.value)
+  except ValueError as e:
+    sys.exit(f'error: {e}')
 
 
 def workdir_for(config) -> str:
@@ -50,6 +72,7 @@ def run_protocol(defenses, attackers=None) -> None:
   """
   from mip_jax import console, experiment  # noqa: late import keeps `--help` fast
   from mip_jax.data import DatasetNotFoundError
+  join_cluster()
   config = CONFIG.value
   workdir = workdir_for(config)
   log_file = console.to_workdir(workdir)
@@ -60,13 +83,19 @@ def run_protocol(defenses, attackers=None) -> None:
                                     attackers=attackers)
     else:
       result = experiment.run(config, workdir, defenses_to_run=defenses, attackers=attackers)
-  except DatasetNotFoundError as e:
+  except (DatasetNotFoundError, validation.ConfigError) as e:
     sys.exit(f'error: {e}')
-  print(result['table'])
-  for name, path in [('results', 'results.md'), *experiment.FIGURES.items(), ('log', log_file)]:
-    print(f'{name}: {os.path.join(workdir, path)}')
+  if is_main_process():  # process 0 wrote the files; the others would print the same
+    print(result['table'])
+    for name, path in [('results', 'results.md'), *experiment.FIGURES.items(), ('log', log_file)]:
+      print(f'{name}: {os.path.join(workdir, path)}')
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0
 
 
 def log_devices() -> None:
-  logging.info('JAX %s, backend %s, devices: %s', jax.__version__, jax.default_backend(),
-               jax.devices())
+  logging.info('JAX %s, backend %s, process %d of %d, devices: %s (local: %d)', jax.__version__,
+               jax.default_backend(), jax.process_index(), jax.process_count(), jax.devices(),
+               jax.local_device_count())

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from mip_jax import experiment, report
+from mip_jax import experiment, parallel, report
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +77,17 @@ ABLATION = (
         lpa__ensemble_vary='arch'),
     row('restarts 4', 'lpa', lpa__space='log', lpa__restarts=4),
 )
+def select(rows, labels=None) -> tuple:
+  """The rows of `rows` whose label is in `labels` (all when None); an unknown label is an error."""
+  if labels is None:
+    return tuple(rows)
+  known = [r.label for r in rows]
+  unknown = [l for l in labels if l not in known]
+  if unknown:
+    raise ValueError(f'unknown rows {unknown}; this table has: {", ".join(known)}')
+  return tuple(r for r in rows if r.label in labels)
+
+
 TABLES = {'attribution': MAIN, 'ablation': ABLATION}
 
 
@@ -109,8 +120,10 @@ def run(config, workdir: str, *, seeds=(0,), rows=MAIN, attackers=ATTACKERS,
   text = markdown(config.dataset, mean, paired, attackers, seeds)
   report.atomic_write(os.path.join(workdir, f'{name}.json'), json.dumps(doc, indent=2, default=float))
   report.atomic_write(os.path.join(workdir, f'{name}.md'), text)
-  save_figure(os.path.join(workdir, f'{name}.png'), mean, attackers,
-              title=f'{config.dataset}, seeds {", ".join(map(str, seeds))}')
+  figure = os.path.join(workdir, f'{name}.png')
+  parallel.on_main_process(lambda: save_figure(
+      figure, mean, attackers, title=f'{config.dataset}, seeds {", ".join(map(str, seeds))}'),
+      figure)
   return {'rows': mean, 'paired': paired, 'table': text}
 
 

@@ -217,3 +217,87 @@ def serving_latency(config, *, batch_sizes=(1, 256), repeats: int = 10,
              lpa_online_steps=config.lpa.steps, lpa_online_restarts=config.lpa.restarts,
              vae_params=int(sum(p.size for p in jax.tree.leaves(gen_params))))
   return out
+
+
+# ---------------------------------------------------------------- crafting scaling over devices
+
+def device_counts(available: int) -> list[int]:
+  """1, 2, 4, ... up to `available`, and `available` itself when it is not a power of two."""
+  counts = [1 << i for i in range(available.bit_length()) if 1 << i <= available]
+  return counts + ([available] if counts[-1] != available else [])
+
+
+def craft_throughput(config, *, devices: int, batch_size: int, repeats: int = 3) -> dict:
+  """LPA crafting throughput (vectors/s) of one whole crafting call on the first `devices` devices.
+
+  One call crafts `batch_size` vectors with config.lpa.steps rounds x restarts, the batch split over
+  the devices (parameters and g_t replicated), exactly as `lpa.Crafter` does in a run; it is
+  compiled and warmed up, then the median of `repeats` calls is taken. Weights are random
+  (throughput does not depend on training); the decoder has the substitute's architecture.
+  """
+  mesh = parallel.data_mesh(devices)
+  m = len(config.private_classes) if config.dataset != 'facescrub' else 100
+  shape = (config.image_size, config.image_size, config.channels)
+  rng = np.random.default_rng(0)
+  probs = np.asarray(jax.nn.softmax(rng.normal(size=(batch_size, m)) * 5, -1), np.float32)
+  images = rng.uniform(size=(batch_size, *shape)).astype(np.float32)
+  model = make_decoder(config, m, section=substitute.decoder_section(config))  # I_sub's shape
+  variables = jax.jit(lambda k, z: model.init(k, z, train=False))(jax.random.key(0), probs[:1])
+  loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'],
+                                       substitute.attack_config(config), config.lpa.loss)
+  g_t = lpa.target_gradient(loss_fn, variables['params'], probs[:8], images[:8])
+  section = config.lpa.copy_and_resolve_references()
+  with section.unlocked():
+    section.batch_size = batch_size
+  crafter = lpa.Crafter(model=model, variables=variables, target_grad=g_t, config=config,
+                        mesh=mesh, section=section)
+  batch = parallel.shard_batch((probs, images, np.ones(batch_size, np.float32)), mesh)
+  key = jax.random.key(0)
+  craft = lambda c, x, w: crafter.craft_fn(c, x, w, key, params=crafter.params,
+                                           target_grad=crafter.target_grad)[0]
+  ms = _median_ms(craft, *batch, repeats=repeats, warmup=1)
+  return {'devices': devices, 'batch_size': batch_size, 'call_ms': ms,
+          'vectors_per_s': batch_size / (ms / 1000)}
+
+
+def craft_scaling(config, *, counts: list[int], per_device_batch: int | None = None,
+                  global_batch: int | None = None, repeats: int = 3) -> dict:
+  """`craft_throughput` on each device count; speedup and efficiency relative to the first count.
+
+  Weak scaling (default): `per_device_batch` (config.lpa.batch_size) vectors per device, so the
+  global batch grows with the devices; strong scaling: one fixed `global_batch` split over them.
+  Returns {'rows': [...], 'scaling': 'weak'|'strong', ...}; each row adds `speedup`
+  (vectors/s over the first row's) and `efficiency` (speedup per added device factor).
+  """
+  if per_device_batch is not None and global_batch is not None:
+    raise ValueError('give per_device_batch (weak scaling) or global_batch (strong), not both')
+  if global_batch is None:
+    per_device_batch = per_device_batch or config.lpa.batch_size
+  rows = []
+  for k in counts:
+    b = global_batch if global_batch is not None else per_device_batch * k
+    if b % k:
+      raise ValueError(f'a global batch of {b} does not split over {k} devices')
+    rows.append(craft_throughput(config, devices=k, batch_size=b, repeats=repeats))
+  base = rows[0]
+  for row in rows:
+    row['speedup'] = row['vectors_per_s'] / base['vectors_per_s']
+    row['efficiency'] = row['speedup'] / (row['devices'] / base['devices'])
+  return {'platform': jax.default_backend(), 'device_kind': jax.devices()[0].device_kind,
+          'scaling': 'strong' if global_batch is not None else 'weak',
+          'craft_steps': config.lpa.steps, 'craft_restarts': config.lpa.restarts,
+          'craft_mode': config.lpa.mode, 'decoder_blocks': config.decoder.blocks,
+          'decoder_width': config.decoder.width, 'repeats': repeats, 'rows': rows}
+
+
+def scaling_table(result: dict) -> str:
+  """Markdown table of `craft_scaling` output."""
+  lines = [f'LPA crafting on {result["platform"]} ({result["device_kind"]}), {result["scaling"]} '
+           f'scaling, {result["craft_steps"]} rounds x {result["craft_restarts"]} restarts, '
+           f'{result["craft_mode"]} mode', '',
+           '| devices | batch | ms per call | vectors/s | speedup | efficiency |',
+           '|---|---|---|---|---|---|']
+  for r in result['rows']:
+    lines.append(f'| {r["devices"]} | {r["batch_size"]} | {r["call_ms"]:.1f} | '
+                 f'{r["vectors_per_s"]:.1f} | {r["speedup"]:.2f}x | {100 * r["efficiency"]:.0f}% |')
+  return '\n'.join(lines) + '\n'

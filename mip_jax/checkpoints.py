@@ -4,6 +4,10 @@ A stage (classifier, eval_classifier, attacker_none, ...) is saved after every e
 record of its progress and of the config it was trained with. A rerun with the same workdir loads a
 finished stage instead of training it again, and resumes an unfinished one from its last epoch. A stage
 trained under another config is refused (not silently reused): results would otherwise mix configs.
+
+With several JAX processes every process constructs the same `StageCheckpoint` and calls `save` and
+`restore` together (Orbax synchronises them; the primary process writes the metadata and the
+replicated arrays once); `restore(..., sharding=...)` places the arrays on the global mesh.
 """
 
 import hashlib
@@ -14,6 +18,8 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from mip_jax import killpoints
 
 
 def fingerprint(cfg: Any) -> str:
@@ -80,12 +86,18 @@ class StageCheckpoint:
                 config_hash=self.config_hash, stage=self.stage)
     self._manager.save(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardSave(jax.device_get(state)), meta=ocp.args.JsonSave(meta)))
+    killpoints.reached(f'{self.stage}:save:{epoch}')
     self._manager.wait_until_finished()
 
-  def restore(self, abstract_state: Any) -> Any:
-    """Newest saved state, with the structure (and optax NamedTuples) of `abstract_state`."""
+  def restore(self, abstract_state: Any, *, sharding: jax.sharding.Sharding | None = None) -> Any:
+    """Newest saved state, with the structure (and optax NamedTuples) of `abstract_state`.
+
+    `sharding` places every restored array (e.g. `parallel.replicated(mesh)`); with several
+    processes it must be given, since each process then restores only its devices' part.
+    """
     step = self._manager.latest_step()
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          abstract_state)
     return self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))['state']
 

@@ -64,6 +64,22 @@ class DefenseError(RuntimeError):
                      f'These rows get no vector.')
 
 
+def real_array(values, *, name: str) -> np.ndarray:
+  """`values` as a numpy array of real numbers (int or float); ValueError naming `name` otherwise.
+
+  Booleans, complex numbers (whose imaginary part a float cast would silently drop), strings and
+  ragged nesting are refused instead of being coerced.
+  """
+  try:
+    arr = np.asarray(values)
+  except (ValueError, TypeError) as e:  # numpy 2 refuses ragged nested lists
+    raise ValueError(f'{name} must be a rectangular array of numbers: {e}') from None
+  if arr.dtype.kind not in 'iuf':
+    what = {'b': 'booleans', 'c': 'complex numbers'}.get(arr.dtype.kind, 'not numeric')
+    raise ValueError(f'{name} must hold real numbers (int or float), got {arr.dtype} ({what})')
+  return arr
+
+
 def check_images(images, image_shape: tuple[int, int, int]) -> np.ndarray:
   """Validates a batch of images; returns it as float32 [N, H, W, C].
 
@@ -74,13 +90,7 @@ def check_images(images, image_shape: tuple[int, int, int]) -> np.ndarray:
   Raises:
     ValueError naming what is wrong (ragged/non-numeric, shape, NaN/inf, pixel range).
   """
-  try:
-    arr = np.asarray(images)
-  except ValueError as e:  # numpy 2 refuses ragged nested lists
-    raise ValueError(f'images must be a rectangular array [B, H, W(, C)] of numbers: {e}') from None
-  if arr.dtype.kind not in 'iuf':
-    raise ValueError(f'images must hold numbers (int or float), got {arr.dtype} '
-                     f'({"booleans" if arr.dtype.kind == "b" else "not numeric"})')
+  arr = real_array(images, name='images [B, H, W(, C)]')
   h, w, ch = image_shape
   if arr.ndim == 3 and ch == 1:
     arr = arr[..., None]
@@ -242,7 +252,7 @@ class Defender:
       ValueError: invalid probs / images, or images missing for a defense that needs them.
       DefenseError: the defense failed for some rows (see the class).
     """
-    probs = np.asarray(probs, np.float32)
+    probs = real_array(probs, name='probs').astype(np.float32)
     if probs.ndim != 2 or len(probs):  # an empty [0, m] batch is valid and has nothing to check
       metrics.check_probability_vectors(probs, name='probs')
     if probs.shape[1] != self.num_classes:

@@ -16,10 +16,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from mip_jax import console, defenses, metrics, parallel, report, run_config, stages
+from mip_jax import console, defenses, metrics, parallel, report, run_config, stages, validation
 from mip_jax.attacks import adaptive, transforms
 from mip_jax.data import Splits, data_fingerprint, load_splits, query_indices
-from mip_jax.models.decoder import check_geometry
 
 
 @dataclasses.dataclass
@@ -39,8 +38,9 @@ def prepare(config, workdir: str, *, mesh=None) -> Setup:
   """Loads the data and trains (or loads) the target and evaluation classifiers."""
   mesh = mesh or parallel.data_mesh()
   # Config errors surface before any data is read or any stage is trained.
-  check_geometry((config.image_size, config.image_size, config.channels), config.decoder.blocks)
-  splits = load_splits(config)
+  validation.check(config, devices=mesh.devices.size)
+  # A dataset built on first use is built by process 0; the other processes then read it.
+  splits = parallel.main_process_first(lambda: load_splits(config), 'load_splits')
   console.say('%s: %d private train / %d private test / %d attack train images of %s, %d devices',
                config.dataset, len(splits.private_train.labels), len(splits.private_test.labels),
                len(splits.attack_train.labels), splits.image_shape, mesh.devices.size)
@@ -171,10 +171,11 @@ def figure_indices(labels: np.ndarray, n: int) -> np.ndarray:
 def run(config, workdir: str, *, defenses_to_run=('none',), attackers=None, mesh=None) -> dict:
   """The whole protocol for the listed defenses (and adaptive attackers); writes results.json,
   results.md and the figure of reconstructions (one row per defense and attacker)."""
-  names = defenses.check_names(defenses_to_run)  # fail on a typo before any training
-  for kind in attackers or ():
-    adaptive.check(kind)
-  run_config.save(workdir, config)  # serve/benchmark/Defender read it when given no --config
+  # Typos fail before any training, naming the closest registered names.
+  names = validation.check_names('defense', defenses_to_run, defenses.REGISTRY)
+  validation.check_names('attacker', attackers or (), adaptive.ATTACKERS)
+  # serve/benchmark/Defender read it when given no --config.
+  parallel.on_main_process(lambda: run_config.save(workdir, config), 'run_config')
   setup = prepare(config, workdir, mesh=mesh)
   rows, recons = [], {}
   for name in names:

@@ -1,23 +1,124 @@
-"""One-axis device mesh ('data') and the shardings every jitted step uses.
+"""One-axis device mesh ('data') over every process's devices, and the shardings every jitted step uses.
 
 Batches are split over the 'data' axis; parameters and optimiser state are replicated. The same code
-runs on one device or many: with one device the shardings are trivial. We use `jax.jit` with
-NamedSharding-placed inputs (GSPMD partitions the computation), not `pmap` (maintenance mode).
+runs on one device, on many devices of one process, and on several JAX processes (hosts) joined by
+`initialize`: `jax.devices()` then lists every process's devices and the mesh spans them all. We use
+`jax.jit` with NamedSharding-placed inputs (GSPMD partitions the computation), not `pmap`
+(maintenance mode).
+
+With several processes each process holds the global batch's indices but contributes only the rows of
+its own devices (`local_rows`); `jax.make_array_from_process_local_data` assembles the global batch.
+Values every process must read (parameters, crafted vectors, losses) come out of jitted functions
+replicated (`out_shardings=replicated(mesh)`) or through `to_host`. Files are written by process 0
+only (`on_main_process`), the others wait for it.
 """
+
+import logging as std_logging
+from typing import Any, Callable
 
 import jax
 import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = 'data'
 
 
+# ---------------------------------------------------------------- joining a cluster
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, from_environment: bool = False,
+               timeout_s: int = 300) -> bool:
+  """Joins a JAX cluster (`jax.distributed.initialize`); call it before any JAX work.
+
+  Args:
+    coordinator_address: 'host:port' of process 0; with num_processes and process_id.
+    num_processes: how many processes take part.
+    process_id: this process's index in [0, num_processes).
+    from_environment: join with whatever JAX detects (SLURM, Open MPI, Cloud TPU,
+      JAX_COORDINATOR_ADDRESS ...); the three values above, when given, take precedence.
+    timeout_s: how long to wait for the other processes before failing (a missing peer or a wrong
+      address ends in an error, not a hang).
+
+  Returns:
+    True when this process joined a cluster, False when nothing was asked (one process).
+  """
+  given = {'coordinator_address': coordinator_address, 'num_processes': num_processes,
+           'process_id': process_id}
+  if all(v is None for v in given.values()):
+    if not from_environment:
+      return False
+  elif any(v is None for v in given.values()):
+    missing = ', '.join(f'--{k}' for k, v in given.items() if v is None)
+    raise ValueError(f'joining a cluster by hand needs --coordinator_address, --num_processes and '
+                     f'--process_id together; {missing} missing (or pass none of them and '
+                     f'--distributed to read them from SLURM / Cloud TPU / Open MPI)')
+  elif num_processes < 1 or not 0 <= process_id < num_processes:
+    raise ValueError(f'--process_id={process_id} must lie in [0, --num_processes={num_processes})')
+  jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                             initialization_timeout=timeout_s)
+  _tag_logs()
+  return True
+
+
+class _ProcessTag(std_logging.Filter):
+  """Prefixes every log record with the process that speaks: '[process 1/4] ...'."""
+
+  def filter(self, record):
+    if not getattr(record, '_mip_jax_tagged', False):
+      record.msg = f'[process {jax.process_index()}/{jax.process_count()}] {record.msg}'
+      record._mip_jax_tagged = True
+    return True
+
+
+def _tag_logs() -> None:
+  if jax.process_count() > 1:
+    logging.get_absl_handler().addFilter(_ProcessTag())
+
+
+def is_main_process() -> bool:
+  """Process 0: the one that writes files, prints tables and shows progress bars."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Every process waits here until all have arrived (a no-op with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def on_main_process(write: Callable[[], Any], name: str) -> None:
+  """Runs `write` (a file writer) on process 0 only; then every process waits until it is done.
+
+  The barrier keeps the processes' control flow equal: a process checking for a cached file right
+  after never sees it before the others could.
+  """
+  if is_main_process():
+    write()
+  barrier(f'mip_jax write: {name}')
+
+
+def main_process_first(fn: Callable[[], Any], name: str) -> Any:
+  """`fn()` on every process, process 0 first: what it prepares on a shared disk (a dataset built on
+  first use) is there before the others look, so they read it instead of building it at once."""
+  result = fn() if is_main_process() else None
+  barrier(f'mip_jax main first: {name}')
+  return result if is_main_process() else fn()
+
+
+# ---------------------------------------------------------------- mesh and shardings
+
 def data_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D mesh over the first `num_devices` devices (all by default)."""
+  """A 1-D mesh over the first `num_devices` devices of all processes (all by default)."""
   devices = jax.devices()
   if num_devices is not None:
     if not 1 <= num_devices <= len(devices):
       raise ValueError(f'asked for {num_devices} devices, have {len(devices)}')
+    if jax.process_count() > 1 and num_devices != len(devices):
+      raise ValueError(f'with {jax.process_count()} processes the mesh must span all '
+                       f'{len(devices)} devices (every process takes part in every step); '
+                       f'asked for {num_devices}')
     devices = devices[:num_devices]
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
@@ -31,22 +132,62 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def shard_batch(tree, mesh: Mesh):
-  """Places every leaf of `tree` (leading axis = batch) split over the mesh's 'data' axis.
+def local_rows(batch_size: int, mesh: Mesh) -> slice:
+  """The rows of a global batch of `batch_size` that this process's devices hold.
 
-  The batch size must be a multiple of the device count: a silent remainder would change results
-  between device counts, so it is an error.
+  Raises ValueError when the batch does not split evenly over the mesh's devices: a silent
+  remainder would change results between device counts.
   """
   n = mesh.devices.size
-  for leaf in jax.tree.leaves(tree):
-    if leaf.shape[0] % n:
-      raise ValueError(f'batch of {leaf.shape[0]} does not split over {n} devices; '
-                       f'use a batch size that is a multiple of {n}')
-  return jax.device_put(tree, batch_sharding(mesh))
+  if batch_size % n:
+    raise ValueError(f'batch of {batch_size} does not split over {n} devices; '
+                     f'use a batch size that is a multiple of {n}')
+  blocks = sorted((idx[0].start or 0, idx[0].stop or batch_size) for idx in
+                  batch_sharding(mesh).addressable_devices_indices_map((batch_size,)).values())
+  if any(a[1] != b[0] for a, b in zip(blocks, blocks[1:])):
+    raise ValueError(f'this process\'s devices hold rows {blocks}, not one block; build the mesh '
+                     f'with parallel.data_mesh (devices in process order)')
+  return slice(blocks[0][0], blocks[-1][1])
+
+
+def global_batch(local_tree, mesh: Mesh):
+  """Assembles the global batch from every process's `local_rows` (leaves: numpy, batch first)."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                      local_tree)
+
+
+def shard_batch(tree, mesh: Mesh):
+  """Places every leaf of `tree` (the global batch, leading axis = batch) split over 'data'.
+
+  Every process passes the same global batch and contributes only its own rows. The batch size must
+  be a multiple of the device count: a silent remainder would change results between device counts,
+  so it is an error.
+  """
+  leaves = jax.tree.leaves(tree)
+  for leaf in leaves:
+    if leaf.shape[0] != leaves[0].shape[0]:
+      raise ValueError(f'batch leaves differ in length: {[l.shape[0] for l in leaves]}')
+  if jax.process_count() == 1:  # all rows are local: one device_put, no host copy
+    local_rows(leaves[0].shape[0], mesh)  # the divisibility check
+    return jax.device_put(tree, batch_sharding(mesh))
+  rows = local_rows(leaves[0].shape[0], mesh)
+  return global_batch(jax.tree.map(lambda x: np.asarray(x)[rows], tree), mesh)
 
 
 def replicate(tree, mesh: Mesh):
+  """The same value on every device of the mesh (every process must pass the same value)."""
   return jax.device_put(tree, replicated(mesh))
+
+
+def to_host(tree):
+  """Numpy copies of (possibly multi-process, sharded) arrays, the whole global value on every
+  process; an all-gather across processes only when a value is not already fully replicated."""
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+      return np.asarray(x)
+    return multihost_utils.process_allgather(x, tiled=True)
+  return jax.tree.map(one, tree)
 
 
 def padded_batches(arrays, batch_size: int, *, mesh: Mesh | None = None, pad_to=None):

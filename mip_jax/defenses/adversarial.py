@@ -81,8 +81,10 @@ class Ascender:
                                          substitute.attack_config(setup.config))
     self.batch_size = batch_size
     self.params = parallel.replicate(variables['params'], self.mesh)
+    # Replicated output: with several processes every one of them reads the whole batch.
     self.fn = jax.jit(functools.partial(ascend, loss_fn=loss_fn, opt=opt, steps=steps,
-                                        project=project, final=final))
+                                        project=project, final=final),
+                      out_shardings=parallel.replicated(self.mesh))
 
   def __call__(self, probs: np.ndarray, images: np.ndarray) -> np.ndarray:
     out = []

@@ -3,13 +3,15 @@
 A file's name is a hash of everything its vectors depend on (the caller's key: crafting settings,
 seed, substitute and target gradient, the clean vectors and the images), so a changed input crafts
 afresh instead of reusing vectors crafted against something else. Files are written whole (tmp then
-rename): a killed run leaves no half-written file.
+rename): a killed run leaves no half-written file. With several JAX processes process 0 writes them.
 """
 
 import os
 from typing import Callable
 
 import numpy as np
+
+from mip_jax import killpoints, parallel
 
 
 def cached(workdir: str, prefix: str, key: str, craft: Callable[[], dict]) -> np.ndarray:
@@ -22,8 +24,20 @@ def cached(workdir: str, prefix: str, key: str, craft: Callable[[], dict]) -> np
     with np.load(path) as f:
       return f['defended']
   arrays = craft()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  save_arrays(path, arrays, prefix)
   return arrays['defended']
+
+
+def save_arrays(path: str, arrays: dict, prefix: str = '') -> None:
+  """Saves `arrays` to `path` (.npz), tmp then rename, by process 0 only; all processes wait for it.
+
+  With several JAX processes every one crafted the same vectors: one writes, and the barrier keeps a
+  later `cached` check from seeing the file in one process and not in another.
+  """
+  def write():
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, **arrays)
+    killpoints.reached(f'{prefix}:write')  # resume tests kill here: a tmp file, no final one
+    os.replace(tmp, path)
+  parallel.on_main_process(write, path)

@@ -24,13 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mip_jax import checkpoints, console, parallel, substitute
+from mip_jax import checkpoints, console, killpoints, parallel, substitute
 from mip_jax.defenses import cache, space
 from mip_jax.losses import alignment
 from mip_jax.substitute import decoder_loss_fn, train_substitute
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)
+
+MODES = ('aggregate', 'per_example')  # lpa.mode / lfp.mode: one batch cosine, or one per example
 
 
 # ---------------------------------------------------------------- functional pieces
@@ -176,8 +178,8 @@ class Crafter:
                section=None, members=None):
     self.cfg = config.lpa if section is None else section
     self.mesh = mesh or parallel.data_mesh()
-    if self.cfg.mode not in ('aggregate', 'per_example'):
-      raise ValueError(f"lpa.mode must be 'aggregate' or 'per_example', got {self.cfg.mode!r}")
+    if self.cfg.mode not in MODES:
+      raise ValueError(f'lpa.mode must be one of {MODES}, got {self.cfg.mode!r}')
     if self.cfg.batch_size % self.mesh.devices.size:
       raise ValueError(f'lpa.batch_size={self.cfg.batch_size} must be a multiple of the '
                        f'{self.mesh.devices.size} devices')
@@ -191,7 +193,9 @@ class Crafter:
       loss_fn, params, target_grads = loss_fn[0], params[0], target_grads[0]
     self.params = parallel.replicate(params, self.mesh)
     self.target_grad = parallel.replicate(target_grads, self.mesh)
-    self.craft_fn = jax.jit(functools.partial(craft_batch, loss_fn=loss_fn, cfg=self.cfg))
+    # Replicated outputs: with several processes every one of them reads the whole crafted batch.
+    self.craft_fn = jax.jit(functools.partial(craft_batch, loss_fn=loss_fn, cfg=self.cfg),
+                            out_shardings=parallel.replicated(self.mesh))
 
   def __call__(self, probs: np.ndarray, images: np.ndarray, *, seed: int,
                radius: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -205,6 +209,7 @@ class Crafter:
     if radius is not None:
       arrays += (np.asarray(radius, probs.dtype),)
     for start, n, batch in parallel.padded_batches(arrays, b, mesh=self.mesh):
+      killpoints.reached(f'craft:batch:{start // b}')
       c, x, *rad, w = batch
       key = jax.random.key(seed)  # rows draw their own start from it (space.row_keys)
       defended, loss = self.craft_fn(c, x, w, key, *rad, params=self.params,

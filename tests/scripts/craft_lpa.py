@@ -26,7 +26,9 @@ def problem(mode: str):
   probs = np.asarray(jax.nn.softmax(rng.normal(size=(40, 5)) * 4, -1))
   images = rng.uniform(size=(40, 16, 16, 1))
   model = make_decoder(c, 5)
-  variables = model.init(jax.random.key(0), jnp.asarray(probs[:1]), train=False)
+  # Jitted: one compilation instead of one per initialiser op (most of this script's time).
+  variables = jax.jit(lambda k, x: model.init(k, x, train=False))(jax.random.key(0),
+                                                                  jnp.asarray(probs[:1]))
   loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'], c.attack)
   g_t = lpa.target_gradient(loss_fn, variables['params'], probs[:8], images[:8])
   return c, model, variables, g_t, probs, images

@@ -1,0 +1,1 @@
+"""Benchmark scripts: `python -m benchmarks.<name>` from the repository root."""
