@@ -15,8 +15,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The undefended model next to LPA on the embedded digits, with the controls every protective claim
+# needs: `random` (same radius, no alignment) and the `floor` attacker (exact zeros are no trap).
 demo: install
-	$(PY) -m launch.attack --config=$(CONFIG) --workdir=$(WORKDIR)
+	$(PY) -m launch.compare --config=$(CONFIG) --workdir=$(WORKDIR) --defenses=none,random,lpa \
+	    --attackers=none,floor
 
 test: install
 	$(PY) -m pytest tests

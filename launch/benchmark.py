@@ -6,7 +6,7 @@ VAE at batch sizes 1 and 256: fields `infer_ms_per_sample`, `lpa_online_ms_per_s
 `<workdir>/latency.json` and that workdir's results.md gains them in its Table IX.
 
   python -m launch.benchmark --config=configs/mnist.py --json_out=bench.json
-  python -m launch.benchmark --config=configs/digits.py --workdir=runs/digits   # + Table IX time
+  python -m launch.benchmark --workdir=runs/digits   # its saved config; + Table IX time
   python -m launch.benchmark --config=configs/facescrub.py --config.decoder.batch_size=64
 On a GPU machine: pip install -e '.[cuda12]' first; the same command then times the GPU.
 """
@@ -19,7 +19,6 @@ from absl import app, flags
 from launch import common
 from mip_jax import benchmarking, report
 
-flags.mark_flags_as_required(['config'])
 JSON_OUT = flags.DEFINE_string('json_out', None, 'Where to write the figures as JSON.')
 REPEATS = flags.DEFINE_integer('repeats', 10, 'Timed repetitions per step (median reported).')
 LATENCY_BATCH_SIZES = flags.DEFINE_list('latency_batch_sizes', ['1', '256'],
@@ -32,7 +31,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   common.log_devices()
-  config = common.CONFIG.value
+  config = common.trained_config()
   result = benchmarking.run(config, repeats=REPEATS.value)
   latency = benchmarking.serving_latency(
       config, batch_sizes=[int(b) for b in LATENCY_BATCH_SIZES.value], repeats=REPEATS.value,

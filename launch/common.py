@@ -44,17 +44,39 @@ def workdir_for(config) -> str:
   return WORKDIR.value or os.path.join('runs', config.dataset)
 
 
+def trained_config():
+  """--config, checked against the one saved in --workdir; or, without --config, the saved one.
+
+  Ends the process with a one-line error when neither is usable (launchers that use a trained
+  workdir: serve, benchmark).
+  """
+  from mip_jax import run_config  # noqa: late import keeps `--help` fast
+  if CONFIG.value is None and WORKDIR.value is None:
+    sys.exit('error: give --workdir=DIR (a trained run directory; its config.json is used) or '
+             '--config=configs/<dataset>.py')
+  try:
+    if CONFIG.value is None:
+      return run_config.load(WORKDIR.value)
+    if WORKDIR.value:
+      run_config.check_matches(WORKDIR.value, CONFIG.value)
+  except (FileNotFoundError, run_config.ConfigMismatchError) as e:
+    sys.exit(f'error: {e}')
+  return CONFIG.value
+
+
 def run_protocol(defenses, attackers=None) -> None:
-  """Runs the protocol for `defenses` with the --config/--workdir flags and prints the table.
+  """Runs the protocol for `defenses` with the --config/--workdir flags and prints the table and
+  where its files are; library log records go to <workdir>/log.txt (`mip_jax.console`).
 
   A missing dataset ends the process with its instructions and a non-zero exit code.
   """
-  from mip_jax import experiment  # noqa: late import keeps `--help` fast
+  from mip_jax import console, experiment  # noqa: late import keeps `--help` fast
   from mip_jax.data import DatasetNotFoundError
   join_cluster()
-  log_devices()
   config = CONFIG.value
   workdir = workdir_for(config)
+  log_file = console.to_workdir(workdir)
+  log_devices()
   try:
     if SEEDS.value:
       result = experiment.run_seeds(config, workdir, SEEDS.value, defenses_to_run=defenses,
@@ -65,7 +87,8 @@ def run_protocol(defenses, attackers=None) -> None:
     sys.exit(f'error: {e}')
   if is_main_process():  # process 0 wrote the files; the others would print the same
     print(result['table'])
-    print(f'results written to {workdir}')
+    for name, path in [('results', 'results.md'), *experiment.FIGURES.items(), ('log', log_file)]:
+      print(f'{name}: {os.path.join(workdir, path)}')
 
 
 def is_main_process() -> bool:

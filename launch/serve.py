@@ -1,13 +1,14 @@
 """Serves a trained workdir's defended predictions over HTTP (Starlette + uvicorn).
 
   python -m launch.compare --config=configs/digits.py --workdir=runs/digits --defenses=none,lpa,vae
-  python -m launch.serve --config=configs/digits.py --workdir=runs/digits --defense=vae --port=8000
+  python -m launch.serve --workdir=runs/digits --defense=vae --port=8000
   curl -s localhost:8000/health
   curl -s -X POST localhost:8000/defend -H 'content-type: application/json' \
        -d '{"images": [[[0.0, ...16 values], ...16 rows]]}'
 
 Nothing is trained here: a workdir without the finished stages the defense needs is an error. The
-config must be the one the workdir was trained with (same overrides). --port=0 picks a free port; the
+config is the one saved in the workdir (config.json); a --config given as well must match it (the
+error names the fields that differ). --port=0 picks a free port; the
 address is printed as `serving <defense> on http://HOST:PORT` once the server accepts requests.
 """
 
@@ -17,7 +18,7 @@ from absl import app, flags, logging
 
 from launch import common
 
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flags_as_required(['workdir'])
 DEFENSE = flags.DEFINE_string('defense', 'vae', "Defense to serve: 'vae', 'lpa' (crafted online, "
                               'per example) or any registered defense.')
 HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on (loopback by default).')
@@ -31,9 +32,9 @@ def main(argv):
   from mip_jax.data import DatasetNotFoundError
   from mip_jax.defender import Defender
   common.log_devices()
-  config = common.CONFIG.value
+  config = common.trained_config()
   try:
-    defender = Defender.from_workdir(common.workdir_for(config), config, DEFENSE.value)
+    defender = Defender.from_workdir(common.WORKDIR.value, config, DEFENSE.value)
   except (ValueError, FileNotFoundError, DatasetNotFoundError, train.StageNotTrainedError,
           checkpoints.StageMismatchError) as e:
     sys.exit(f'error: {e}')

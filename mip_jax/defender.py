@@ -31,7 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mip_jax import defenses, metrics, parallel, train
+from mip_jax import defenses, metrics, parallel, run_config, train
 from mip_jax.defenses import vae as vae_defense
 
 # Tolerances of the output checks (float32 vectors): entries in [-TOL, 1 + TOL], |sum - 1| <= m * TOL.
@@ -192,18 +192,20 @@ class Defender:
     self._lock = threading.Lock()
 
   @classmethod
-  def from_workdir(cls, workdir: str, config, defense: str = 'vae', *, mesh=None) -> 'Defender':
+  def from_workdir(cls, workdir: str, config=None, defense: str = 'vae', *,
+                   mesh=None) -> 'Defender':
     """Loads the trained classifier and the fitted `defense` of `workdir`; trains nothing.
 
     Args:
       workdir: a run directory trained with `config` (e.g. by launch.compare).
-      config: the run's config (the stages' fingerprints must match it).
+      config: the run's config; None: the one saved in the workdir (`run_config`). A given config
+        must match the saved one (run_config.ConfigMismatchError names the differing fields).
       defense: 'vae', 'lpa' (online, per-example mode) or any registered defense name.
       mesh: device mesh for LPA crafting (default: all devices).
 
     Raises:
-      ValueError (unknown defense), FileNotFoundError (no classifier stage in workdir),
-      train.StageNotTrainedError, checkpoints.StageMismatchError.
+      ValueError (unknown defense; ConfigMismatchError), FileNotFoundError (no classifier stage
+      or no saved config in workdir), train.StageNotTrainedError, checkpoints.StageMismatchError.
     """
     from mip_jax import experiment  # late import: experiment pulls in data loading
     module = defenses.get(defense)
@@ -212,6 +214,10 @@ class Defender:
           f'{workdir!r} holds no trained classifier (checkpoints/classifier); train the workdir '
           f'first, e.g. python -m launch.compare --config=... --workdir={workdir} '
           f'--defenses={defense}')
+    if config is None:
+      config = run_config.load(workdir)
+    else:
+      run_config.check_matches(workdir, config)
     config = _serving_config(config, defense)
     with train.load_only():
       setup = experiment.prepare(config, workdir, mesh=mesh)

@@ -15,9 +15,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import logging
 
-from mip_jax import defenses, metrics, parallel, report, stages, validation
+from mip_jax import console, defenses, metrics, parallel, report, run_config, stages, validation
 from mip_jax.attacks import adaptive, transforms
 from mip_jax.data import Splits, data_fingerprint, load_splits, query_indices
 
@@ -42,7 +41,7 @@ def prepare(config, workdir: str, *, mesh=None) -> Setup:
   validation.check(config, devices=mesh.devices.size)
   # A dataset built on first use is built by process 0; the other processes then read it.
   splits = parallel.main_process_first(lambda: load_splits(config), 'load_splits')
-  logging.info('%s: %d private train / %d private test / %d attack train images of %s, %d devices',
+  console.say('%s: %d private train / %d private test / %d attack train images of %s, %d devices',
                config.dataset, len(splits.private_train.labels), len(splits.private_test.labels),
                len(splits.attack_train.labels), splits.image_shape, mesh.devices.size)
   m = splits.num_private_classes
@@ -103,6 +102,7 @@ def evaluate_defense(setup: Setup, name: str, *, attackers=None,
                                  images=splits.private_test.images)
     metrics.check_probability_vectors(defended_test, name=f'{name} defended test vectors')
   defend_s = time.time() - start
+  console.say('defense %s: %d queries defended in %.0f s', name, len(defended_queries), defend_s)
 
   # Step 7's source: the private data's clean (Definition 2) or defended vectors.
   private = splits.private_train
@@ -155,6 +155,12 @@ def evaluate_defense(setup: Setup, name: str, *, attackers=None,
   return results
 
 
+# Figures every run writes, relative to its workdir (with --seeds: the trade-off of the mean rows in
+# the top workdir, reconstructions per seed in seed_<s>/).
+FIGURES = {'reconstructions': os.path.join('figures', 'reconstructions.png'),
+           'tradeoff': os.path.join('figures', 'tradeoff.png')}
+
+
 def figure_indices(labels: np.ndarray, n: int) -> np.ndarray:
   """`n` private examples spread over the classes (round-robin), for the reconstruction figure."""
   by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
@@ -168,7 +174,8 @@ def run(config, workdir: str, *, defenses_to_run=('none',), attackers=None, mesh
   # Typos fail before any training, naming the closest registered names.
   names = validation.check_names('defense', defenses_to_run, defenses.REGISTRY)
   validation.check_names('attacker', attackers or (), adaptive.ATTACKERS)
-  os.makedirs(workdir, exist_ok=True)
+  # serve/benchmark/Defender read it when given no --config.
+  parallel.on_main_process(lambda: run_config.save(workdir, config), 'run_config')
   setup = prepare(config, workdir, mesh=mesh)
   rows, recons = [], {}
   for name in names:
@@ -177,9 +184,10 @@ def run(config, workdir: str, *, defenses_to_run=('none',), attackers=None, mesh
       recons[report.row_label(row)] = recon
   table = report.write_results(workdir, dataset=config.dataset, config=config.to_dict(), rows=rows)
   idx = figure_indices(setup.splits.private_train.labels, config.eval.num_figure_images)
-  report.save_reconstructions(os.path.join(workdir, 'figures', 'reconstructions.png'),
+  report.save_reconstructions(os.path.join(workdir, FIGURES['reconstructions']),
                               setup.splits.private_train.images[idx],
                               {name: r[idx] for name, r in recons.items()})
+  report.save_tradeoff(os.path.join(workdir, FIGURES['tradeoff']), config.dataset, rows)
   return {'dataset': config.dataset, 'rows': rows, 'table': table}
 
 
@@ -198,5 +206,6 @@ def run_seeds(config, workdir: str, seeds, **kwargs) -> dict:
   rows = report.mean_rows([r['rows'] for r in per_seed])
   table = report.write_results(workdir, dataset=config.dataset, config=config.to_dict(), rows=rows,
                                extra={'seeds': seeds})
+  report.save_tradeoff(os.path.join(workdir, FIGURES['tradeoff']), config.dataset, rows)
   return {'dataset': config.dataset, 'rows': rows, 'table': table, 'per_seed': per_seed}
 

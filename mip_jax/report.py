@@ -1,4 +1,5 @@
-"""Results of a run: `results.json`, `results.md` (the paper's Table I layout) and figures."""
+"""Results of a run: `results.json`, `results.md` (the paper's Table I layout, with the paper's own
+rows beside ours where it has them) and figures (reconstructions, the privacy/utility trade-off)."""
 
 import json
 import os
@@ -9,7 +10,7 @@ matplotlib.use('Agg')  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mip_jax import parallel  # noqa: E402
+from mip_jax import parallel, reference  # noqa: E402
 
 ROW_FIELDS = ('defense', 'model_acc', 'conf_dist', 'attack_acc', 'recon_error', 'label_flip_rate',
               'eps_eta')
@@ -28,6 +29,9 @@ def write_results(workdir: str, *, dataset: str, config: dict, rows: list[dict],
       raise ValueError(f'result row {row.get("defense")!r} lacks {missing}')
   os.makedirs(workdir, exist_ok=True)
   doc = {'dataset': dataset, 'config': config, **(extra or {}), 'rows': rows}
+  paper_dataset, paper = reference.paper_rows_for('table1', dataset)
+  if paper:
+    doc['paper_table1'] = {'dataset': paper_dataset, 'rows': paper}
   atomic_write(os.path.join(workdir, 'results.json'), json.dumps(doc, indent=2, default=float))
   table = markdown_table(dataset, rows)
   table += table_ix_section(workdir, rows)
@@ -36,7 +40,13 @@ def write_results(workdir: str, *, dataset: str, config: dict, rows: list[dict],
 
 
 def markdown_table(dataset: str, rows: list[dict]) -> str:
-  """Table I layout: utility (model acc, conf dist) then privacy (attack acc, recon error)."""
+  """Table I layout: utility (model acc, conf dist) then privacy (attack acc, recon error).
+
+  Under each undefended-attacker row of a defense the paper reports for this dataset (Table I,
+  `mip_jax.reference`), a `paper:` row with the paper's numbers.
+  """
+  paper_dataset, paper = reference.paper_rows_for('table1', dataset)
+  paper = {r['defense']: r for r in paper}
   lines = [f'# {dataset}', '',
            '| Method | Model Acc. | Conf. Dist. | Attack Acc. | Recon. Error | Label flips '
            '| Zero frac. | Input shift |',
@@ -50,6 +60,8 @@ def markdown_table(dataset: str, rows: list[dict]) -> str:
     lines.append(f'| {label} | {pct("model_acc")} | {dist} | {pct("attack_acc")} | '
                  f'{num("recon_error")} | {pct("label_flip_rate")} | {opt("zero_fraction", pct)} '
                  f'| {opt("input_shift", lambda k: f"{r[k]:.3g}")} |')
+    if r.get('attacker', 'none') == 'none' and r['defense'] in paper:
+      lines.append(_paper_line(paper[r['defense']], paper_dataset))
   ceiling = [r['evaluator_acc'] for r in rows if 'evaluator_acc' in r]
   if ceiling:
     lines += ['', f'Evaluation classifier on the real private images (the ceiling of attack '
@@ -58,7 +70,20 @@ def markdown_table(dataset: str, rows: list[dict]) -> str:
               'clean and defended queries.']
   if any('model_acc_std' in r for r in rows):
     lines += ['', 'Mean ± standard deviation over seeds.']
+  if any(r['defense'] in paper for r in rows):
+    lines += ['', f'*paper*: the paper\'s Table I row for {paper_dataset}'
+              + (f' ({dataset} is a subset of it)' if paper_dataset != dataset else '')
+              + ', GPU-scale models and epochs. Its Recon. Error is on another scale than ours '
+              '(per-pixel MSE of images in [0, 1]): compare errors within a column, not across.']
   return '\n'.join(lines) + '\n'
+
+
+def _paper_line(p: dict, paper_dataset: str) -> str:
+  fmt = lambda v, f: '-' if v is None else f(v)
+  pct = lambda v: f'{100 * v:.2f}%'
+  return (f'| *paper: {p["label"]} ({paper_dataset})* | {fmt(p["model_acc"], pct)} | '
+          f'{fmt(p["conf_dist"], lambda v: f"{v:.5f}")} | {fmt(p["attack_acc"], pct)} | '
+          f'{fmt(p["recon_error"], lambda v: f"{v:.5f}")} | - | - | - |')
 
 
 def mean_rows(runs: list[list[dict]]) -> list[dict]:
@@ -110,6 +135,35 @@ def _draw_reconstructions(path: str, ground_truth: np.ndarray, rows: dict[str, n
       ax.set_xticks([])
       ax.set_yticks([])
     axes[r][0].set_ylabel(name, rotation=0, ha='right', va='center', fontsize=9)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def save_tradeoff(path: str, dataset: str, rows: list[dict]) -> None:
+  """The privacy/utility trade-off: Conf. Dist. (x) against Attack Acc. (y), one point per row
+  (defense, attacker), error bars = std over seeds where rows carry `<metric>_std`; the paper's
+  Table I points for this dataset, where it has them, as hollow grey markers."""
+  fig, ax = plt.subplots(figsize=(6.4, 4.8))
+  for i, r in enumerate(rows):
+    ax.errorbar(r['conf_dist'], 100 * r['attack_acc'], xerr=r.get('conf_dist_std'),
+                yerr=100 * r['attack_acc_std'] if 'attack_acc_std' in r else None,
+                fmt='o', color=f'C{i % 10}', capsize=3, label=row_label(r))
+    ax.annotate(row_label(r), (r['conf_dist'], 100 * r['attack_acc']), fontsize=8,
+                xytext=(4, 4), textcoords='offset points')
+  paper_dataset, paper = reference.paper_rows_for('table1', dataset)
+  if paper:
+    ax.scatter([p['conf_dist'] or 0.0 for p in paper], [100 * p['attack_acc'] for p in paper],
+               facecolors='none', edgecolors='grey', label=f'paper, Table I ({paper_dataset})')
+    for p in paper:
+      ax.annotate(p['label'], (p['conf_dist'] or 0.0, 100 * p['attack_acc']), fontsize=7,
+                  color='grey', xytext=(4, -10), textcoords='offset points')
+  ax.set_xlabel('Conf. Dist. (mean L2 between defended and clean vectors; lower = more utility)')
+  ax.set_ylabel('Attack Acc. (%; lower = more privacy)')
+  ax.set_title(f'{dataset}: privacy/utility trade-off')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc='best')
   fig.tight_layout()
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fig.savefig(path, dpi=100)

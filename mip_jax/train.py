@@ -19,6 +19,7 @@ never start a training run by accident.
 
 import contextlib
 import contextvars
+import time
 from typing import Any, Callable
 
 import jax
@@ -29,7 +30,7 @@ from absl import logging
 from flax import struct
 from tqdm import tqdm
 
-from mip_jax import killpoints, parallel
+from mip_jax import console, killpoints, parallel
 from mip_jax.checkpoints import StageCheckpoint
 
 
@@ -136,11 +137,13 @@ def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, e
       state = state.replace(**checkpoint.restore(_saved(state), sharding=parallel.replicated(mesh)))
       start = meta['epoch']
       if start >= epochs:
-        logging.info('%s: finished stage found in %s, loaded', desc, checkpoint.directory)
+        console.say('%s: loaded (trained earlier, %s)', desc, checkpoint.directory)
         return parallel.replicate(state, mesh)
       logging.info('%s: resuming at epoch %d/%d from %s', desc, start + 1, epochs, checkpoint.directory)
 
   state = parallel.replicate(state, mesh)
+  console.say('%s: training %d epochs on %d examples', desc, epochs - start, num)
+  started = time.time()
   # Replicated outputs: every process can read the loss and, at the end, the parameters.
   step = jax.jit(step_fn, donate_argnums=0, out_shardings=parallel.replicated(mesh))
   key = jax.random.key(seed)
@@ -165,4 +168,6 @@ def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, e
     logging.info('%s epoch %d/%d: loss %.5f', desc, epoch + 1, epochs, np.mean(losses))
     if checkpoint is not None:
       checkpoint.save(epoch + 1, _saved(state), epochs=epochs, extra={'loss': float(np.mean(losses))})
+  if epochs > start:
+    console.say('%s: trained in %.0f s, final loss %.5f', desc, time.time() - started, np.mean(losses))
   return state

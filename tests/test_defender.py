@@ -9,7 +9,7 @@ import pytest
 
 from configs import digits
 from mip_jax import defender as defender_lib
-from mip_jax import experiment, metrics, stages, substitute, train
+from mip_jax import experiment, metrics, run_config, stages, substitute, train
 from mip_jax.defender import DefenseError, Defender
 from mip_jax.defenses import vae
 
@@ -27,8 +27,10 @@ def trained_workdir(tmp_path_factory, data_dir: str) -> str:
   loads them.
   """
   workdir = str(tmp_path_factory.getbasetemp() / 'serving_workdir')
-  setup = experiment.prepare(tiny_serving_config(data_dir), workdir)
+  config = tiny_serving_config(data_dir)
+  setup = experiment.prepare(config, workdir)
   vae.fit(setup)
+  run_config.save(workdir, config)  # as experiment.run does
   return workdir
 
 
@@ -111,6 +113,21 @@ def test_untrained_workdirs_fail_clearly_and_train_nothing(workdir, data_dir, tm
   assert not os.listdir(partial / 'checkpoints' / stage)  # no epoch was saved
   with pytest.raises(ValueError, match='known defenses'):
     Defender.from_workdir(workdir, config, 'magic')
+
+
+def test_the_workdir_remembers_its_config(workdir, data_dir, vae_defender):
+  config = tiny_serving_config(data_dir)
+  images = np.random.default_rng(0).uniform(size=(3, 16, 16, 1)).astype(np.float32)
+  saved = Defender.from_workdir(workdir, None, 'vae')  # config.json of the workdir
+  np.testing.assert_allclose(saved(images), vae_defender(images), atol=1e-6)
+  # Serving limits may differ; a field a stage learned from may not, and the error names it.
+  config.serve.max_batch = 4
+  Defender.from_workdir(workdir, config, 'none')
+  config.decoder.width = config.decoder.width + 1
+  config.vae.latent = 3
+  with pytest.raises(run_config.ConfigMismatchError,
+                     match=r'decoder\.width: trained with 8, given 9; vae\.latent'):
+    Defender.from_workdir(workdir, config, 'vae')
 
 
 def test_invalid_inputs_are_value_errors(vae_defender):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -9,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from mip_jax import defenses, experiment, stages
+from mip_jax import defenses, experiment, run_config, stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,6 +34,8 @@ def test_tiny_run_writes_sane_results_and_reuses_stages(tiny_config, tmp_path, m
   assert fracs[0] == 1.0 and all(a >= b for a, b in zip(fracs, fracs[1:]))
   assert '| none |' in open(os.path.join(workdir, 'results.md')).read()
   assert os.path.getsize(os.path.join(workdir, 'figures', 'reconstructions.png')) > 1000
+  assert os.path.getsize(os.path.join(workdir, 'figures', 'tradeoff.png')) > 1000
+  assert run_config.differences(run_config.load(workdir).to_dict(), tiny_config.to_dict()) == []
   for stage in ('classifier', 'eval_classifier', 'attacker_none'):
     assert os.path.isdir(os.path.join(workdir, 'checkpoints', stage))
 
@@ -71,10 +74,16 @@ def test_facescrub_without_data_fails_fast_with_instructions(tmp_path):
   assert time.time() - start < 60
 
 
-def test_mnist_without_data_fails_fast(tmp_path):
+@pytest.mark.parametrize('verbose', [False, True])
+def test_mnist_without_data_fails_fast(tmp_path, verbose):
   r = launch('launch.attack', '--config=configs/mnist.py', f'--config.data_dir={tmp_path}',
-             f'--workdir={tmp_path / "w"}')
+             f'--workdir={tmp_path / "w"}', *(['--verbosity=0'] if verbose else []))
   assert r.returncode != 0 and 'tfds build mnist' in r.stderr
+  # Library INFO records (absl format 'I1129 12:00:00.000 ...') go to the workdir's log.txt; the
+  # terminal gets them only when --verbosity is given.
+  log = open(tmp_path / 'w' / 'log.txt').read()
+  assert 'JAX ' in log and 'backend' in log
+  assert bool(re.search(r'^I\d{4} .*JAX .*backend', r.stderr, re.M)) == verbose
 
 
 def test_launcher_rejects_unknown_config_key(tmp_path):

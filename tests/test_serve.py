@@ -158,8 +158,8 @@ def test_unknown_routes_and_methods(server):
 
 
 def test_launch_serve_process(workdir, data_dir, defender):
-  cmd = [sys.executable, '-m', 'launch.serve', '--config=configs/digits.py:tiny',
-         f'--config.data_dir={data_dir}', f'--workdir={workdir}', '--defense=vae', '--port=0']
+  # No --config: the workdir's config.json is used.
+  cmd = [sys.executable, '-m', 'launch.serve', f'--workdir={workdir}', '--defense=vae', '--port=0']
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                           text=True)
   try:

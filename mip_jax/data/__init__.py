@@ -1,4 +1,4 @@
-"""Data: TFDS builders (digits, FaceScrub), class splits and numpy batches.
+"""Data: TFDS builders (digits, mnist5k, FaceScrub), class splits and numpy batches.
 
   splits = load_splits(config)          # see configs/common.py for the fields
   for images, labels in batches((splits.private_train.images,

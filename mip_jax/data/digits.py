@@ -13,6 +13,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from mip_jax.data import tfds_source
+
 IMAGE_SIZE = 16
 NUM_CLASSES = 10
 
@@ -72,5 +74,5 @@ def prepared_builder(data_dir: str | None) -> MipDigits:
   """Returns the `mip_digits` builder, building it into data_dir if needed."""
   builder = MipDigits(data_dir=data_dir)
   if not builder.is_prepared():
-    builder.download_and_prepare(file_format='array_record')
+    tfds_source.build_offline(builder, "scikit-learn's wheel")
   return builder

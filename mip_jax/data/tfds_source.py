@@ -12,12 +12,17 @@ a public dataset: we look for prepared files on disk and, if they are not
 there, raise `DatasetNotFoundError` at once with instructions.
 """
 
+import contextlib
 import dataclasses
+import io
 import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from absl import logging
 import tensorflow_datasets as tfds
+
+from mip_jax import console
 
 # Public TFDS datasets we read (prepared elsewhere, copied here).
 PUBLIC_DATASETS = ('mnist', 'fashion_mnist', 'cifar10')
@@ -68,6 +73,23 @@ def open_public(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
         'Copy the whole folder again.\n'
         + _prepare_instructions(name, builder))
   return builder
+
+
+def build_offline(builder: tfds.core.DatasetBuilder, source: str) -> None:
+  """Builds one of our offline datasets (data in an installed wheel) as array_record, once.
+
+  The terminal gets one line; TFDS's banner and progress bars (printed, not logged) go to the log.
+  """
+  console.say('%s: building it from %s into %s (first use only)', builder.name, source,
+              builder.data_dir)
+  printed = io.StringIO()
+  tfds.display_progress_bar(False)
+  try:
+    with contextlib.redirect_stdout(printed):
+      builder.download_and_prepare(file_format='array_record')
+  finally:
+    tfds.display_progress_bar(True)
+    logging.info('TFDS while building %s: %s', builder.name, printed.getvalue().strip())
 
 
 def _prepare_instructions(name: str, builder) -> str:

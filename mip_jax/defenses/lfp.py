@@ -19,9 +19,8 @@ by about r (less with `swap`), as in the paper's Table I.
 """
 
 import numpy as np
-from absl import logging
 
-from mip_jax import checkpoints, substitute
+from mip_jax import checkpoints, console, substitute
 from mip_jax.defenses import cache, lpa
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
@@ -139,8 +138,8 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
   def craft():
     radius = np.where(mask, cfg.eps, 0.0).astype(np.float32)
     defended, losses = state['crafter'](centre, images, seed=state['seed'], radius=radius)
-    logging.info('LFP poisoned %d of %d vectors: mean alignment loss %.4f', int(mask.sum()),
-                 len(probs), float(np.mean(losses[mask])))
+    console.say('LFP poisoned %d of %d vectors: mean alignment loss %.4f', int(mask.sum()),
+                len(probs), float(np.mean(losses[mask])))
     return {'defended': defended, 'reversed': centre, 'clean': probs, 'picked': mask,
             'alignment_loss': losses}
 

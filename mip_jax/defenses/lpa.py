@@ -23,9 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 
-from mip_jax import checkpoints, killpoints, parallel, substitute
+from mip_jax import checkpoints, console, killpoints, parallel, substitute
 from mip_jax.defenses import cache, space
 from mip_jax.losses import alignment
 from mip_jax.substitute import decoder_loss_fn, train_substitute
@@ -302,8 +301,8 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
 
   def craft():
     defended, losses = state['crafter'](probs, images, seed=state['seed'])
-    logging.info('LPA crafted %d vectors: mean alignment loss %.4f', len(probs),
-                 float(np.mean(losses)))
+    console.say('LPA crafted %d vectors: mean alignment loss %.4f', len(probs),
+                float(np.mean(losses)))
     return {'defended': defended, 'delta': defended - probs, 'clean': probs,
             'alignment_loss': losses}
 

