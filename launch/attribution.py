@@ -7,6 +7,8 @@ Writes <workdir>/<table>.md and .json (rows none, random and lpa in the paper's 
 crafting space; attack accuracy and reconstruction error per attacker; paired lpa - random).
 """
 
+import os
+
 from absl import app, flags
 
 from launch import common
@@ -27,17 +29,20 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   for kind in ATTACKERS.value:
     adaptive.check(kind)
+  from mip_jax import console  # noqa: late import keeps `--help` fast
   common.join_cluster()
-  common.log_devices()
   config = common.CONFIG.value
   workdir = common.workdir_for(config)
+  log_file = console.to_workdir(workdir)  # library records to <workdir>/log.txt, not the terminal
+  common.log_devices()
   seeds = common.SEEDS.value or [config.seed]
   rows = attribution.select(attribution.TABLES[TABLE.value], ROWS.value)
   result = attribution.run(config, workdir, seeds=seeds, rows=rows,
                            attackers=tuple(ATTACKERS.value), name=TABLE.value)
   if common.is_main_process():
     print(result['table'])
-    print(f'{TABLE.value}.md and .json written to {workdir}')
+    for path in (f'{TABLE.value}.md', f'{TABLE.value}.png', log_file):
+      print(os.path.join(workdir, path))
 
 
 if __name__ == '__main__':
