@@ -144,7 +144,12 @@ def _draw_reconstructions(path: str, ground_truth: np.ndarray, rows: dict[str, n
 def save_tradeoff(path: str, dataset: str, rows: list[dict]) -> None:
   """The privacy/utility trade-off: Conf. Dist. (x) against Attack Acc. (y), one point per row
   (defense, attacker), error bars = std over seeds where rows carry `<metric>_std`; the paper's
-  Table I points for this dataset, where it has them, as hollow grey markers."""
+  Table I points for this dataset, where it has them, as hollow grey markers. Drawn and written by
+  process 0 only when several JAX processes run."""
+  parallel.on_main_process(lambda: _draw_tradeoff(path, dataset, rows), path)
+
+
+def _draw_tradeoff(path: str, dataset: str, rows: list[dict]) -> None:
   fig, ax = plt.subplots(figsize=(6.4, 4.8))
   for i, r in enumerate(rows):
     ax.errorbar(r['conf_dist'], 100 * r['attack_acc'], xerr=r.get('conf_dist_std'),
