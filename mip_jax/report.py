@@ -56,7 +56,7 @@ def markdown_table(dataset: str, rows: list[dict]) -> str:
     pct = lambda k: f'{100 * r[k]:.2f}%' + (f' ± {100 * r[k + "_std"]:.2f}' if k + '_std' in r else '')
     num = lambda k: f'{r[k]:.5f}' + (f' ± {r[k + "_std"]:.5f}' if k + '_std' in r else '')
     opt = lambda k, f: f(k) if k in r else '-'
-    dist = '-' if label == 'none' else num('conf_dist')
+    dist = '-' if r['defense'] == 'none' else num('conf_dist')  # undefended: nothing moved
     lines.append(f'| {label} | {pct("model_acc")} | {dist} | {pct("attack_acc")} | '
                  f'{num("recon_error")} | {pct("label_flip_rate")} | {opt("zero_fraction", pct)} '
                  f'| {opt("input_shift", lambda k: f"{r[k]:.3g}")} |')
