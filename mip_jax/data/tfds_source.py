@@ -36,6 +36,27 @@ class DatasetNotFoundError(FileNotFoundError):
   """A dataset is not prepared where we looked; the message says how to fix it."""
 
 
+def grey_id_info(builder, *, image_size: int, label: tfds.features.ClassLabel, homepage: str,
+                 description: str) -> tfds.core.DatasetInfo:
+  """DatasetInfo of this project's builders: grey uint8 images, a label and a stable `id`.
+
+  TFDS shuffles examples when writing; `id` (the example's index in its source) lets splits be
+  defined independently of that order. Built directly (not dataset_info_from_configs): that helper
+  scans the package folder for README/CITATIONS files we do not keep.
+  """
+  return tfds.core.DatasetInfo(
+      builder=builder,
+      description=description,
+      features=tfds.features.FeaturesDict({
+          'image': tfds.features.Tensor(shape=(image_size, image_size, 1), dtype=np.uint8),
+          'label': label,
+          'id': tfds.features.Scalar(dtype=np.int64),
+      }),
+      supervised_keys=('image', 'label'),
+      homepage=homepage,
+  )
+
+
 def open_public(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """Returns the TFDS builder of a public dataset prepared as array_record.
 
