@@ -108,12 +108,13 @@ def run(config, workdir: str, *, seeds=(0,), rows=MAIN, attackers=ATTACKERS,
       label = None if r.label == r.defense else r.label
       out = experiment.evaluate_defense(dataclasses.replace(setup, config=rc), r.defense,
                                         attackers=attackers, label=label)
-      for res, _ in out:  # what pairs a row with its control
-        res.update(space=rc.lpa.space, eps=rc.lpa.eps) if r.defense in ('lpa', 'random') else None
+      for res, _ in out:
+        if r.defense in ('lpa', 'random'):  # what pairs a row with its control
+          res.update(space=rc.lpa.space, eps=rc.lpa.eps)
         results.append(res)
     per_seed.append(results)
   mean = report.mean_rows(per_seed)
-  paired = paired_differences(per_seed, attackers)
+  paired = paired_differences(per_seed)
   doc = {'dataset': config.dataset, 'seeds': [int(s) for s in seeds], 'attackers': list(attackers),
          'rows': mean, 'paired': paired, 'per_seed': per_seed, 'config': config.to_dict()}
   os.makedirs(workdir, exist_ok=True)
@@ -153,34 +154,27 @@ def save_figure(path: str, rows: list[dict], attackers, *, title: str) -> None:
   plt.close(fig)
 
 
-def paired_differences(per_seed: list[list[dict]], attackers) -> list[dict]:
+def paired_differences(per_seed: list[list[dict]]) -> list[dict]:
   """lpa-type rows minus the `random` row of their space, per seed then mean ± std, per attacker.
 
   A row is paired with the random row of the same `lpa.space` and eps (the control at its radius).
   """
+  label = report.row_label
+  by_seed = [{label(r): r for r in rows} for rows in per_seed]
+  controls = {(r.get('space'), r.get('eps'), r['attacker']): r
+              for r in per_seed[0] if r['defense'] == 'random'}
   out = []
-  first = per_seed[0]
-  key = lambda r: report.row_label(r)
-  controls = {}
-  for r in first:
-    if r['defense'] == 'random':
-      controls[(r.get('space'), r.get('eps'), r['attacker'])] = key(r)
-  for r in first:
-    if r['defense'] != 'lpa':
-      continue
+  for r in per_seed[0]:
     control = controls.get((r.get('space'), r.get('eps'), r['attacker']))
-    if control is None:
+    if r['defense'] != 'lpa' or control is None:
       continue
     diffs = {}
     for metric in ('attack_acc', 'recon_error', 'conf_dist'):
-      values = []
-      for rows in per_seed:
-        by = {key(x): x for x in rows}
-        values.append(by[key(r)][metric] - by[control][metric])
+      values = [by[label(r)][metric] - by[label(control)][metric] for by in by_seed]
       diffs[metric] = float(np.mean(values))
       diffs[metric + '_std'] = float(np.std(values))
       diffs[metric + '_per_seed'] = values
-    out.append({'row': r.get('label', r['defense']), 'control': control.split(' / ')[0],
+    out.append({'row': r.get('label', r['defense']), 'control': control.get('label', 'random'),
                 'attacker': r['attacker'], **diffs})
   return out
 

@@ -11,6 +11,7 @@ import functools
 import jax
 import numpy as np
 
+from mip_jax import parallel
 from mip_jax.defenses import space as _space
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
@@ -39,10 +40,7 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
   """Random feasible vectors for `probs`, batch by batch with LPA's key and batch shape."""
   del images
   probs = np.asarray(probs, np.float32)
-  b, out = state['batch_size'], []
   key = jax.random.key(state['seed'])
-  for start in range(0, len(probs), b):
-    c = probs[start:start + b]
-    padded = np.concatenate([c, np.repeat(c[:1], b - len(c), 0)])  # one compiled shape
-    out.append(np.asarray(state['fn'](padded, key))[:len(c)])
+  out = [np.asarray(state['fn'](c, key))[:n]  # LPA's batch shape: one compilation
+         for _, n, (c, _) in parallel.padded_batches((probs,), state['batch_size'])]
   return np.concatenate(out)
