@@ -125,7 +125,7 @@ def evaluate_defense(setup: Setup, name: str, *, attackers=None,
     to_input = lambda p: np.asarray(transforms.attacker_input(adapt(p), attack_cfg))
     received = adapt(defended_queries)
     # Steps 5-6: the attacker trains a fresh decoder on (received vector, query image) pairs.
-    z = to_input(defended_queries)
+    z = np.asarray(transforms.attacker_input(received, attack_cfg))
     slug = re.sub(r'[^A-Za-z0-9]+', '_', label).strip('_')
     stage = f'attacker_{slug}' if kind == 'none' else f'attacker_{slug}_{kind}'
     stage += f'_{cell}' if cell else ''
