@@ -73,7 +73,7 @@ ABLATION = (
     row('lpa eps 0.03', 'lpa', lpa__space='log', lpa__eps=0.03),
     row('step tau 0.3', 'lpa', lpa__space='log', lpa__tau=0.3),
     row('per-example', 'lpa', lpa__space='log', lpa__mode='per_example'),
-    row('ensemble 3 (widths, depths)', 'lpa', lpa__space='log', lpa__ensemble_size=3,
+    row('ensemble 3 (widths and depths)', 'lpa', lpa__space='log', lpa__ensemble_size=3,
         lpa__ensemble_vary='arch'),
     row('restarts 4', 'lpa', lpa__space='log', lpa__restarts=4),
 )
