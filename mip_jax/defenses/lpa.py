@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm import tqdm
 
 from mip_jax import checkpoints, console, killpoints, parallel, substitute
 from mip_jax.defenses import cache, space
@@ -208,7 +209,11 @@ class Crafter:
     arrays = (probs, np.asarray(images, probs.dtype))
     if radius is not None:
       arrays += (np.asarray(radius, probs.dtype),)
-    for start, n, batch in parallel.padded_batches(arrays, b, mesh=self.mesh):
+    batches = parallel.padded_batches(arrays, b, mesh=self.mesh)
+    # A bar per call (a terminal only): crafting R rounds per batch can take minutes on a CPU.
+    for start, n, batch in tqdm(batches, desc=f'crafting ({self.cfg.steps} rounds per batch)',
+                                total=-(-len(probs) // b), leave=False,
+                                disable=None if parallel.is_main_process() else True):
       killpoints.reached(f'craft:batch:{start // b}')
       c, x, *rad, w = batch
       key = jax.random.key(seed)  # rows draw their own start from it (space.row_keys)
