@@ -21,6 +21,7 @@ so a generated image does not depend on the batch size or on how many devices sh
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -38,6 +39,7 @@ class Schedule:
   betas: jnp.ndarray
   alphas: jnp.ndarray
   alpha_bars: jnp.ndarray
+  one_minus_alpha_bars: jnp.ndarray  # 1 - abar_t computed in float64 (float32 1 - abar loses digits)
 
   @classmethod
   def linear(cls, timesteps: int, beta_start: float, beta_end: float) -> 'Schedule':
@@ -46,8 +48,9 @@ class Schedule:
                        f'{timesteps}, {beta_start}, {beta_end}')
     betas = np.linspace(beta_start, beta_end, timesteps, dtype=np.float64)
     alphas = 1.0 - betas
-    return cls(jnp.asarray(betas, jnp.float32), jnp.asarray(alphas, jnp.float32),
-               jnp.asarray(np.cumprod(alphas), jnp.float32))
+    log_abar = np.cumsum(np.log1p(-betas))
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    return cls(f32(betas), f32(alphas), f32(np.exp(log_abar)), f32(-np.expm1(log_abar)))
 
   @property
   def timesteps(self) -> int:
@@ -59,7 +62,7 @@ class Schedule:
 
   def q_var(self, t):
     """1 - abar_t: Var[x_t | x_0] (per pixel)."""
-    return 1.0 - self.alpha_bars[t]
+    return self.one_minus_alpha_bars[t]
 
   def q_sample(self, x0, t, noise):
     """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise, t [B]."""
@@ -140,8 +143,8 @@ def sample(model, params, schedule: Schedule, cond, keys, *, image_shape: tuple,
   def step(x, t):
     tt = jnp.full((x.shape[0],), t, jnp.int32)
     eps = guided_eps(model, params, x, tt, cond, guidance)
-    beta, alpha, abar = schedule.betas[t], schedule.alphas[t], schedule.alpha_bars[t]
-    mean = (x - beta / jnp.sqrt(1.0 - abar) * eps) / jnp.sqrt(alpha)
+    beta, alpha = schedule.betas[t], schedule.alphas[t]
+    mean = (x - beta / jnp.sqrt(schedule.q_var(t)) * eps) / jnp.sqrt(alpha)
     noise = jnp.where(t > 0, jnp.sqrt(beta), 0.0) * draw(keys, t)
     return mean + noise, None
 
@@ -176,16 +179,24 @@ def train_diffusion(config, cond: np.ndarray, images: np.ndarray, *, workdir: st
   return model, jax.device_get(state.params)
 
 
+@functools.lru_cache(maxsize=16)
+def _sampler(model, schedule_args: tuple, image_shape: tuple, guidance: float, mesh):
+  """`sample` jitted once per model, schedule, shape, guidance and mesh (Table V samples one model
+  at several guidances, and every defense's model has the same shapes)."""
+  schedule = Schedule.linear(*schedule_args)
+  return jax.jit(lambda p, c, k: sample(model, p, schedule, c, jax.random.wrap_key_data(k),
+                                        image_shape=image_shape, guidance=guidance),
+                 out_shardings=parallel.replicated(mesh))
+
+
 def generate(model, params, cfg, cond: np.ndarray, *, image_shape: tuple, seed: int,
              guidance: float, mesh=None) -> np.ndarray:
   """One generated image per condition row [N, m] -> [N, H, W, C] in [0, 1], in padded batches of
   cfg.sample_batch_size split over the 'data' mesh; example i's noise comes from fold_in(seed, i)."""
   mesh = mesh or parallel.data_mesh()
-  schedule = schedule_of(cfg)
   batch = cfg.sample_batch_size - cfg.sample_batch_size % mesh.devices.size or mesh.devices.size
-  fn = jax.jit(lambda p, c, k: sample(model, p, schedule, c, jax.random.wrap_key_data(k),
-                                      image_shape=tuple(image_shape), guidance=float(guidance)),
-               out_shardings=parallel.replicated(mesh))
+  fn = _sampler(model, (cfg.timesteps, cfg.beta_start, cfg.beta_end), tuple(image_shape),
+                float(guidance), mesh)
   root = jax.random.key(seed)
   keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(root, i))(
       jnp.arange(len(cond)))))
