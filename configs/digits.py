@@ -2,6 +2,7 @@
 
   python -m launch.attack --config=configs/digits.py --workdir=/tmp/digits
   python -m launch.attack --config=configs/digits.py:tiny --workdir=/tmp/tiny   # seconds, for tests
+  python -m launch.paper --experiment=table5 --config=configs/digits.py --seeds=0 --workdir=runs/table5
 """
 
 from configs import common
