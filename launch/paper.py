@@ -24,21 +24,24 @@ EXPERIMENT = flags.DEFINE_string('experiment', None, 'table2, table3, table4, ta
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from mip_jax import paper  # noqa: late import keeps `--help` fast
+  from mip_jax import console, paper  # noqa: late import keeps `--help` fast
   from mip_jax.data import DatasetNotFoundError
   try:
     paper.check_name(EXPERIMENT.value)
   except ValueError as e:
     raise app.UsageError(str(e))
-  common.log_devices()
+  common.join_cluster()
   config = common.CONFIG.value
   workdir = common.workdir_for(config)
+  log_file = console.to_workdir(workdir)  # library records to <workdir>/log.txt, not the terminal
+  common.log_devices()
   try:
     result = paper.run(EXPERIMENT.value, config, workdir, seeds=common.SEEDS.value)
   except DatasetNotFoundError as e:
     sys.exit(f'error: {e}')
-  print(result['markdown'])
-  print(f'written to {workdir}: {", ".join(result["files"])}')
+  if common.is_main_process():
+    print(result['markdown'])
+    print(f'written to {workdir}: {", ".join(result["files"])}; log: {log_file}')
 
 
 if __name__ == '__main__':

@@ -16,6 +16,7 @@ import numpy as np
 
 from mip_jax import parallel, stages, substitute, train
 from mip_jax.defenses import lpa
+from mip_jax.losses import alignment
 from mip_jax.models import make_decoder
 
 
@@ -28,6 +29,21 @@ def _median_ms(fn, *args, repeats: int, warmup: int = 2) -> float:
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t)
   return 1000 * float(np.median(times))
+
+
+def _interleaved_median_ms(fns: dict, *args, repeats: int, warmup: int = 2) -> dict:
+  """{'<name>_ms': median ms} of several functions timed in turn, round after round (ratios between
+  them then survive a machine that is busy for part of the run)."""
+  for _ in range(warmup):
+    for fn in fns.values():
+      jax.block_until_ready(fn(*args))
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      t = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[name].append(time.perf_counter() - t)
+  return {f'{name}_ms': 1000 * float(np.median(v)) for name, v in times.items()}
 
 
 def _flops(jitted, *args) -> float:
@@ -84,29 +100,43 @@ def run(config, *, repeats: int = 10, mesh=None) -> dict:
   train_ms = _median_ms(lambda s: train_step(s, batch, key)[1]['loss'], state, repeats=repeats)
   train_flops = _flops(train_step, state, batch, key)
 
-  # One LPA crafting round: second-order gradient, signed Adam update, projection.
+  # One LPA crafting round: second-order gradient, signed Adam update, projection; on a crafting
+  # batch (config.lpa.batch_size), in both modes, per-example both ways (losses.ghost and vmap).
+  b_craft = config.lpa.batch_size
+  probs_c = np.asarray(jax.nn.softmax(rng.normal(size=(b_craft, m)) * 5, -1), np.float32)
+  images_c = rng.uniform(size=(b_craft, *shape)).astype(np.float32)
   loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'],
                                        substitute.attack_config(config), config.lpa.loss)
-  g_t = parallel.replicate(lpa.target_gradient(loss_fn, variables['params'], probs, images), mesh)
+  g_t = parallel.replicate(lpa.target_gradient(loss_fn, variables['params'], probs_c, images_c),
+                           mesh)
   params = parallel.replicate(variables['params'], mesh)
   opt = lpa.delta_optimizer(config.lpa)
-  c, x, w = parallel.shard_batch((probs, images, np.ones(b, np.float32)), mesh)
+  c, x, w = parallel.shard_batch((probs_c, images_c, np.ones(b_craft, np.float32)), mesh)
   delta = jnp.zeros_like(c)
 
-  def align_step(delta, opt_state, params, g_t, c, x, w, *, per_example):
+  def align_step(delta, opt_state, params, g_t, c, x, w, *, mode, impl='auto'):
     # The crafting round LPA runs (lpa.crafting_round), not a copy of it.
     cfg = config.lpa.copy_and_resolve_references()
-    cfg.mode = 'per_example' if per_example else 'aggregate'
+    cfg.mode = mode
     objective = lpa.alignment_objective(x, w, params=params, target_grad=g_t, loss_fn=loss_fn,
                                         cfg=cfg)
+    if impl != 'auto':  # the materialised per-example gradients ghost norms replace
+      objective = functools.partial(alignment.per_example_alignment_loss, images=x, weights=w,
+                                    loss_fn=loss_fn, params=params, target_grad=g_t,
+                                    distance=cfg.distance, impl=impl)
     return lpa.crafting_round(delta, opt_state, c, config.lpa.eps, objective=objective, opt=opt)
 
   out = {}
-  for name, per_example in (('align_step', False), ('align_per_example_step', True)):
-    step = jax.jit(functools.partial(align_step, per_example=per_example))
-    args = (delta, opt.init(delta), params, g_t, c, x, w)
-    out[f'{name}_ms'] = _median_ms(lambda *a: step(*a)[0], *args, repeats=repeats)
+  steps = (('align_step', dict(mode='aggregate')),
+           ('align_per_example_step', dict(mode='per_example')),
+           ('align_per_example_vmap_step', dict(mode='per_example', impl='vmap')))
+  args = (delta, opt.init(delta), params, g_t, c, x, w)
+  compiled = {name: jax.jit(functools.partial(align_step, **kw)) for name, kw in steps}
+  for name, step in compiled.items():
     out[f'{name}_flops'] = _flops(step, *args)
+  # Interleaved, so that a busy moment of a shared machine weighs on every mode alike.
+  out.update(_interleaved_median_ms({k: (lambda *a, f=f: f(*a)[0]) for k, f in compiled.items()},
+                                    *args, repeats=repeats))
 
   # The peak is measured around the steps (best of both) so a busy moment does not deflate it.
   peak = max(peak_before, matmul_peak_gflops())
@@ -123,13 +153,18 @@ def run(config, *, repeats: int = 10, mesh=None) -> dict:
       'decoder_width': config.decoder.width,
       'decoder_params': int(sum(p.size for p in jax.tree.leaves(variables['params']))),
       'train_step_ms': train_ms,
+      'craft_batch_size': b_craft,
       'align_step_ms': out['align_step_ms'],
       'align_per_example_step_ms': out['align_per_example_step_ms'],
+      'align_per_example_vmap_step_ms': out['align_per_example_vmap_step_ms'],
       'align_to_train_ratio': out['align_step_ms'] / train_ms,
       # Per-example crafting (served vectors independent of their batch) against the paper's
-      # aggregate step, same batch, same run: the attribution issue's target is <= 1.5.
+      # aggregate step, same batch, same run: the attribution issue's target is <= 1.5. The vmap
+      # ratio is what materialising per-example gradients would cost instead of ghost norms.
       'per_example_to_aggregate_ratio': out['align_per_example_step_ms'] / out['align_step_ms'],
-      'craft_vectors_per_s': b / (config.lpa.steps * out['align_step_ms'] / 1000),
+      'per_example_vmap_to_aggregate_ratio': (out['align_per_example_vmap_step_ms']
+                                              / out['align_step_ms']),
+      'craft_vectors_per_s': b_craft / (config.lpa.steps * out['align_step_ms'] / 1000),
       'craft_steps': config.lpa.steps,
       'train_step_flops': train_flops,
       'align_step_flops': out['align_step_flops'],

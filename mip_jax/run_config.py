@@ -10,9 +10,11 @@ fields that differ. Fields that decide nothing a stage learns (where data lives,
 metric settings) may differ: `IGNORED`.
 """
 
+import importlib
 import json
 import os
 
+from absl import logging
 import ml_collections
 
 CONFIG_FILE = 'config.json'
@@ -48,7 +50,57 @@ def load(workdir: str) -> ml_collections.ConfigDict:
         f'{path} does not exist: {workdir!r} was not trained by launch.compare/attack/lpa/lfp (or '
         'before workdirs saved their config); pass the config it was trained with, --config=...')
   with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+    return ml_collections.ConfigDict(_tuples(_with_defaults(json.load(f), path)))
+
+
+def _defaults(dataset: str) -> dict | None:
+  """Today's config of `dataset` (configs/<dataset>.py), or None where the configs package is not
+  importable (a process started outside the repository)."""
+  try:
+    module = importlib.import_module(f'configs.{dataset}')
+  except ImportError:
+    try:
+      module = importlib.import_module('configs.common')
+    except ImportError:
+      return None
+    return module.base_config().to_dict()
+  return module.get_config().to_dict()
+
+
+def _with_defaults(saved: dict, path: str) -> dict:
+  """`saved` completed with today's defaults for fields added since it was written (with a warning
+  naming them); a field today's code does not know is refused, since nothing would read it.
+
+  New fields default to the behaviour that existed before them (the paper's), so an old workdir's
+  stages mean what they meant when they were trained.
+  """
+  defaults = _defaults(saved.get('dataset', ''))
+  if defaults is None:
+    return saved
+  have, want = _flatten(saved), _flatten(defaults)
+  unknown = sorted(k for k in have.keys() - want.keys() if k.split('.')[0] not in IGNORED
+                   and not any(w.startswith(k + '.') for w in want))
+  if unknown:
+    raise ConfigMismatchError(
+        f'{path} has fields this version of mip_jax does not know: {", ".join(unknown)}. It was '
+        'written by another version; run that version, or pass --config=... and retrain.')
+  added = sorted(k for k in want.keys() - have.keys()
+                 if not any(h.startswith(k + '.') for h in have))
+  if added:
+    logging.warning('%s predates the fields %s: using today\'s defaults for them', path,
+                 ', '.join(added))
+  return _unflatten({**want, **have}) if added else saved
+
+
+def _unflatten(flat: dict) -> dict:
+  out = {}
+  for key, value in flat.items():
+    *sections, field = key.split('.')
+    node = out
+    for section in sections:
+      node = node.setdefault(section, {})
+    node[field] = value
+  return out
 
 
 def differences(saved: dict, given: dict) -> list[str]:
@@ -67,7 +119,7 @@ def check_matches(workdir: str, config: ml_collections.ConfigDict) -> None:
   if not os.path.exists(path):
     return
   with open(path) as f:
-    diff = differences(json.load(f), json.loads(config.to_json()))
+    diff = differences(_with_defaults(json.load(f), path), json.loads(config.to_json()))
   if diff:
     shown = '; '.join(diff[:5]) + (f'; and {len(diff) - 5} more' if len(diff) > 5 else '')
     raise ConfigMismatchError(

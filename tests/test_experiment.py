@@ -129,3 +129,27 @@ def test_run_seeds_writes_per_seed_runs_and_their_mean(tiny_config, tmp_path):
   assert errs[0] != errs[1]  # the seed reaches every stage
   assert doc['rows'][0]['recon_error'] == pytest.approx(np.mean(errs))
   assert result['rows'][0]['recon_error_std'] == pytest.approx(np.std(errs))
+
+
+def test_old_config_json_gets_new_fields_from_defaults_and_unknown_fields_are_refused(tmp_path):
+  # A workdir trained before a field existed: the field takes today's default (the behaviour that
+  # existed before it); a field today's code does not know is refused with the path and the field.
+  from configs import digits
+  config = digits.get_config()
+  workdir = str(tmp_path)
+  run_config.save(workdir, config)
+  path = os.path.join(workdir, run_config.CONFIG_FILE)
+  old = json.load(open(path))
+  del old['lpa']['objective'], old['substitute']
+  old['decoder']['epochs'] = 3
+  json.dump(old, open(path, 'w'))
+  loaded = run_config.load(workdir)
+  assert loaded.lpa.objective == config.lpa.objective == 'untargeted'
+  assert loaded.substitute.extra_blocks == config.substitute.extra_blocks
+  assert loaded.decoder.epochs == 3  # saved values win over defaults
+  with pytest.raises(run_config.ConfigMismatchError, match='decoder.epochs'):
+    run_config.check_matches(workdir, config)  # not the missing fields: the one that differs
+  old['lpa']['retired_lever'] = 1
+  json.dump(old, open(path, 'w'))
+  with pytest.raises(run_config.ConfigMismatchError, match='lpa.retired_lever'):
+    run_config.load(workdir)

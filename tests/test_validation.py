@@ -188,3 +188,13 @@ def test_launcher_exits_with_one_sentence_before_reading_data(tmp_path, override
   assert f'FATAL Flags parsing error: {message}' in r.stderr, r.stderr
   assert 'Traceback' not in r.stderr
   assert not workdir.exists() and not (tmp_path / 'tfds').exists()
+
+
+def test_config_variants_compose_and_unknown_ones_are_named():
+  both = digits.get_config('tiny,attributed')
+  assert (both.lpa.space, both.lpa.objective) == ('log', 'decoy_class')
+  assert both.max_per_split == tiny().max_per_split  # tiny applied too
+  plain = digits.get_config()
+  assert (plain.lpa.space, plain.lpa.objective) == ('prob', 'untargeted')  # the paper's LPA
+  with pytest.raises(ValueError, match="'fast'.*attributed"):
+    digits.get_config('tiny,fast')

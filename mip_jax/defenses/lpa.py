@@ -9,7 +9,8 @@
      `lpa.space='log'` crafts on log-probabilities instead, so that no served entry is ever 0
      (`defenses.space`); the `random` control is the random start of this crafting, unoptimised.
   Modes: 'aggregate' (the paper: one cosine over the batch gradient) and 'per_example' (the mean of
-  per-example cosines, vmapped: a served vector does not depend on its batch-mates).
+  per-example cosines: a served vector does not depend on its batch-mates; computed from layer
+  activations and output gradients without per-example gradients, `losses.ghost`).
 
 The crafting of a batch is one jitted function (a `fori_loop` over rounds, a static number of restarts)
 compiled once per batch shape; batches are padded with zero-weight rows so every batch has the same
@@ -134,10 +135,9 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
   def row_losses(v):
     probs = to_vector(v)
     if per_example:
-      one = lambda p, x: _ensemble_mean(
-          alignment.per_example_alignment_loss, loss_fn=loss_fn, params=params,
-          target_grad=target_grad, images=x[None], distance=cfg.distance)(p[None])
-      return jax.vmap(one)(probs, images)
+      return _ensemble_mean(alignment.per_example_alignment_losses, loss_fn=loss_fn,
+                            params=params, target_grad=target_grad, images=images,
+                            distance=cfg.distance)(probs)
     return jnp.full(c.shape[:1], objective(probs))
 
   def one_restart(key):

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mip_jax.losses import ghost
+
 LossFn = Callable[[Any, jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 
@@ -61,20 +63,39 @@ def alignment_loss(inputs: jnp.ndarray, *, loss_fn: LossFn, params: Any, images:
   return DISTANCES[distance](target_grad, g_p)
 
 
-def per_example_alignment_loss(inputs: jnp.ndarray, *, loss_fn: LossFn, params: Any,
-                               images: jnp.ndarray, target_grad: Any,
-                               weights: jnp.ndarray | None = None,
-                               distance: str = 'cosine') -> jnp.ndarray:
-  """Weighted mean over examples of distance(g_t, g_p(example)): each row's poison stands alone.
+PER_EXAMPLE_IMPLS = ('auto', 'ghost', 'vmap')
 
-  The per-example gradients are vmapped, so a served vector does not depend on its batch-mates.
+
+def per_example_alignment_losses(inputs: jnp.ndarray, *, loss_fn: LossFn, params: Any,
+                                 images: jnp.ndarray, target_grad: Any, distance: str = 'cosine',
+                                 impl: str = 'auto') -> jnp.ndarray:
+  """distance(g_t, g_p(example i)) for every example [B]: each row's poison stands alone.
+
+  impl: 'ghost' computes each example's <g_t, g_p> and ||g_p|| from layer activations and output
+  gradients without materialising per-example gradients (`losses.ghost`; about the cost of one
+  batch gradient); 'vmap' materialises them (a vmapped `jax.grad`, any model); 'auto' uses ghost
+  where the model's modules allow it and vmap otherwise. Both are exact and agree to rounding.
   """
-  if weights is None:
-    weights = jnp.ones(inputs.shape[:1], inputs.dtype)
+  if impl not in PER_EXAMPLE_IMPLS:
+    raise ValueError(f'per-example impl must be one of {PER_EXAMPLE_IMPLS}, got {impl!r}')
+  if impl in ('auto', 'ghost'):
+    try:
+      return ghost.DISTANCES[distance](loss_fn, params, inputs, images, target_grad)
+    except ghost.Unsupported:
+      if impl == 'ghost':
+        raise
 
   def one(z, x):
     g = poisoned_gradient(loss_fn, params, z[None], x[None], jnp.ones((1,), z.dtype))
     return DISTANCES[distance](target_grad, g)
 
-  losses = jax.vmap(one)(inputs, images)
+  return jax.vmap(one)(inputs, images)
+
+
+def per_example_alignment_loss(inputs: jnp.ndarray, *, weights: jnp.ndarray | None = None,
+                               **kwargs) -> jnp.ndarray:
+  """Weighted mean over examples of `per_example_alignment_losses(inputs, **kwargs)`."""
+  if weights is None:
+    weights = jnp.ones(inputs.shape[:1], inputs.dtype)
+  losses = per_example_alignment_losses(inputs, **kwargs)
   return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
