@@ -85,6 +85,22 @@ def base_config() -> ml_collections.ConfigDict:
                                         # before the log transform (an exact 0 is then just tiny)
   c.attack.data = 'all'                 # queries the attacker sends: 'all', 'half1', 'half2' (Table III)
 
+  # The diffusion attacker (Table V, attacks/diffusion.py): a conditional DDPM with classifier-free
+  # guidance, conditioned on the same transformed vectors as the decoder. Defaults: the single-file
+  # MNIST reference (400 steps, betas 1e-4..0.02, 128 features, condition dropped 10%), a GPU job.
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.timesteps = 400
+  c.diffusion.beta_start = 1e-4
+  c.diffusion.beta_end = 0.02
+  c.diffusion.features = 128            # U-Net channels at full resolution (2x below)
+  c.diffusion.drop_prob = 0.1           # P(condition dropped) in training: the unconditional model
+  c.diffusion.epochs = 20
+  c.diffusion.batch_size = 128
+  c.diffusion.learning_rate = 1e-4
+  c.diffusion.guidance = 0.5            # w of `--attackers=diffusion` (Figure 6's setting)
+  c.diffusion.guidances = (0.0, 0.5, 2.0)  # Table V's sweep (launch.paper --experiment=table5)
+  c.diffusion.sample_batch_size = 256   # images generated together (split over devices)
+
   # LPA crafting (Algorithm 1; Witches' Brew optimiser).
   c.lpa = ml_collections.ConfigDict()
   c.lpa.eps = 0.01                      # L2 radius of each perturbation (Table VI sweeps it)
@@ -226,6 +242,13 @@ def make_tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.vae.batch_size = 32
   c.vae.hidden = (16, 16)
   c.purification.epochs = 2
+  c.diffusion.timesteps = 10
+  c.diffusion.beta_start = 1e-3
+  c.diffusion.beta_end = 0.3
+  c.diffusion.features = 8
+  c.diffusion.epochs = 2
+  c.diffusion.batch_size = 32
+  c.diffusion.sample_batch_size = 32
   return c
 
 

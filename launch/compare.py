@@ -2,6 +2,7 @@
 
   python -m launch.compare --config=configs/digits.py --workdir=runs/digits             # all defenses
   python -m launch.compare --config=configs/digits.py --defenses=none,lpa --attackers=none,noise,softmax
+  python -m launch.compare --config=configs/digits.py --defenses=none,lpa,random --attackers=diffusion,diffusion_floor@2
 One results.json / results.md (the paper's Table I layout, Table X rows for adaptive attackers) and one
 figure with a row of reconstructions per defense.
 """
@@ -16,7 +17,9 @@ flags.mark_flags_as_required(['config'])
 DEFENSES = flags.DEFINE_list('defenses', None, 'Defenses to compare (default: all): '
                              + ','.join(defenses.REGISTRY))
 ATTACKERS = flags.DEFINE_list('attackers', ['none'], "Attackers: the paper's 'none', the adaptive "
-                              "ones of Table X and the zero-robust ones: " + ','.join(adaptive.ATTACKERS))
+                              "ones of Table X, the zero-robust ones and the diffusion ones of "
+                              "Table V (guidance config.diffusion.guidance, or w as diffusion@w): "
+                              + ','.join(adaptive.ATTACKERS))
 
 
 def main(argv):

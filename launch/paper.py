@@ -2,7 +2,8 @@
 
   python -m launch.paper --experiment=table6 --config=configs/digits.py --seeds=0,1,2 --workdir=runs/paper
   python -m launch.paper --experiment=table2 --config=configs/digits.py:tiny --workdir=/tmp/p  # seconds
-Experiments: table2 (losses), table3 (attack data), table4 (architectures, Figure 5), table6
+Experiments: table2 (losses), table3 (attack data), table4 (architectures, Figure 5), table5
+(diffusion attackers and an ensemble of substitutes, Figure 6), table6
 (perturbation radius, Figure 7), table8 (time), table10 (adaptive attackers), fig3 (poisoned vs clean
 vectors), fig8 (privacy/utility trade-off), fig10 (epsilon-eta curves). Writes <workdir>/<name>.md,
 .json and PNGs; every seed runs in <workdir>/seed_<s>, shared by all experiments, so stages and
@@ -16,7 +17,7 @@ from absl import app, flags
 from launch import common
 
 flags.mark_flags_as_required(['config'])
-EXPERIMENT = flags.DEFINE_string('experiment', None, 'table2, table3, table4, table6, table8, '
+EXPERIMENT = flags.DEFINE_string('experiment', None, 'table2, table3, table4, table5, table6, table8, '
                                  'table10, fig3, fig8 or fig10.', required=True)
 
 

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from mip_jax import console, defenses, metrics, parallel, report, run_config, stages, validation
-from mip_jax.attacks import adaptive, transforms
+from mip_jax.attacks import adaptive, diffusion, transforms
 from mip_jax.data import Splits, data_fingerprint, load_splits, query_indices
 
 
@@ -72,6 +72,9 @@ def evaluate_defense(setup: Setup, name: str, *, attackers=None,
   of how it protects: `zero_fraction` (exact zeros among the served query vectors), `input_shift`
   (mean L2 distance between this attacker's decoder inputs of clean and defended queries) and
   `evaluator_acc` (E on the real private images: the ceiling of attack accuracy).
+  Diffusion attackers ('diffusion', 'diffusion_floor', 'diffusion@w': attacks.diffusion) generate
+  an image per private vector instead of decoding it; their rows add `guidance`, and the variants
+  of one attacker at several guidances share one trained model (the stage drops '@w').
   `label` names the row and its attacker stages when one defense runs under several configs (the
   attribution table's `lpa (zero-free)`); default `name`. `cell` (a short key of the defense's
   settings) suffixes the attacker stages, so a sweep over a defense's settings in one workdir gives
@@ -127,20 +130,32 @@ def evaluate_defense(setup: Setup, name: str, *, attackers=None,
     # Steps 5-6: the attacker trains a fresh decoder on (received vector, query image) pairs.
     z = np.asarray(transforms.attacker_input(received, attack_cfg))
     slug = re.sub(r'[^A-Za-z0-9]+', '_', label).strip('_')
-    stage = f'attacker_{slug}' if kind == 'none' else f'attacker_{slug}_{kind}'
+    base, guidance = adaptive.split_guidance(kind)
+    stage = f'attacker_{slug}' if kind == 'none' else f'attacker_{slug}_{base}'
     stage += f'_{cell}' if cell else ''
-    decoder = stages.train_decoder(config, z, queries.images, workdir=setup.workdir,
-                                   stage=stage, seed=config.seed + 2, mesh=setup.mesh,
-                                   fingerprint_extra=data_fingerprint(config))
     # Step 7: invert the private data's vectors (through the attacker's own transform).
     z_private = to_input(source)
-    recon = stages.reconstruct(*decoder, z_private)
+    if base in adaptive.DIFFUSION:  # Table V: one model per stage, sampled at each guidance
+      guidance = config.diffusion.guidance if guidance is None else guidance
+      ddpm = diffusion.train_diffusion(config, z, queries.images, workdir=setup.workdir,
+                                       stage=stage, seed=config.seed + 2, mesh=setup.mesh,
+                                       fingerprint_extra=data_fingerprint(config))
+      console.say('%s: generating %d images at guidance %g', stage, len(z_private), guidance)
+      recon = diffusion.generate(*ddpm, config.diffusion, z_private,
+                                 image_shape=private.images.shape[1:], seed=config.seed + 3,
+                                 guidance=guidance, mesh=setup.mesh)
+    else:
+      decoder = stages.train_decoder(config, z, queries.images, workdir=setup.workdir,
+                                     stage=stage, seed=config.seed + 2, mesh=setup.mesh,
+                                     fingerprint_extra=data_fingerprint(config))
+      recon = stages.reconstruct(*decoder, z_private)
     errors = metrics.per_image_mse(recon, private.images)
     recon_probs = stages.predict_probs(*setup.evaluator, recon)
     results.append(({
         'defense': name,
         **({'label': label} if label != name else {}),
         'attacker': kind,
+        **({'guidance': float(guidance)} if base in adaptive.DIFFUSION else {}),
         'model_acc': metrics.accuracy(defended_test, splits.private_test.labels),
         'conf_dist': metrics.confidence_distortion(received, clean_queries),
         'attack_acc': metrics.accuracy(recon_probs, private.labels),
@@ -173,7 +188,8 @@ def run(config, workdir: str, *, defenses_to_run=('none',), attackers=None, mesh
   results.md and the figure of reconstructions (one row per defense and attacker)."""
   # Typos fail before any training, naming the closest registered names.
   names = validation.check_names('defense', defenses_to_run, defenses.REGISTRY)
-  validation.check_names('attacker', attackers or (), adaptive.ATTACKERS)
+  validation.check_names('attacker', [adaptive.split_guidance(a)[0] for a in attackers or ()],
+                         adaptive.ATTACKERS)
   # serve/benchmark/Defender read it when given no --config.
   parallel.on_main_process(lambda: run_config.save(workdir, config), 'run_config')
   setup = prepare(config, workdir, mesh=mesh)

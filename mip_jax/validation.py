@@ -168,6 +168,13 @@ RULES: dict[str, tuple[Rule, ...]] = {
     'purification.reference': (one_of(lambda: purification.REFERENCES),),
     'purification.width_factors': (each(POSITIVE),),
     'purification.*_weight': (NON_NEGATIVE,),
+    'diffusion.timesteps': (above(0),),
+    'diffusion.beta_*': (UNIT_OPEN,),
+    'diffusion.features': (above(0),),
+    'diffusion.drop_prob': (within(0, 1, open_hi=True),),
+    'diffusion.guidance': (NON_NEGATIVE,),
+    'diffusion.guidances': (each(NON_NEGATIVE),),
+    'diffusion.sample_batch_size': (above(0),),
     'eval.eps_grid': (each(NON_NEGATIVE),),
     'eval.num_figure_images': (above(0),),
 }

@@ -63,15 +63,18 @@ def run(name: str, config, workdir: str, *, seeds=None, mesh=None) -> dict:
 
 def _figures(name, spec, runner, workdir) -> list[str]:
   """Reconstruction grids of the first seed: Figure 5 (table4) and Figure 7 (table6)."""
-  if name not in ('table4', 'table6'):
+  if name not in ('table4', 'table5', 'table6'):
     return []
+  # Figure 6 (table5): the diffusion attacker at the config's guidance (the paper's 0.5).
+  shown = ('none',) if name != 'table5' else (f'diffusion@{float(runner.config.diffusion.guidance)}',)
   grid = {}
   for lab, cell in spec.rows:
-    if cell.attacker != 'none':
+    if cell.attacker not in shown:
       continue
     title = ' '.join(str(lab[c]) for c in spec.columns if c not in ('attacker', 'substitute'))
     grid[title] = runner.reconstructions(cell)
-  fname = {'table4': 'table4_fig5.png', 'table6': 'table6_fig7.png'}[name]
+  fname = {'table4': 'table4_fig5.png', 'table5': 'table5_fig6.png',
+           'table6': 'table6_fig7.png'}[name]
   from mip_jax import report
   report.save_reconstructions(os.path.join(workdir, fname), runner.figure_images(), grid)
   return [fname]

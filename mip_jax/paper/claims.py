@@ -56,6 +56,21 @@ def table4(rows):
                       ('w/', 'random control'))
 
 
+def table5(rows):
+  lines = _vs_baseline(rows, ('architecture', 'guidance', 'attacker'), 'defense', 'w/o',
+                       ('w/', 'w/ ensemble of 3', 'random control'))
+  for r in rows:
+    if r['defense'] != 'w/ ensemble of 3':
+      continue
+    g = {k: r[k] for k in ('architecture', 'guidance', 'attacker')}
+    single = _find(rows, **g, defense='w/')
+    if single is not None:
+      where = ', '.join(f'{k}={v}' for k, v in g.items())
+      lines.append(f'{where}: the ensemble substitute {_cmp(r, single)} (one substitute); conf '
+                   f'dist {r["conf_dist"]:.5f} vs {single["conf_dist"]:.5f}')
+  return lines
+
+
 def table6(rows):
   lines = []
   for attacker in dict.fromkeys(r['attacker'] for r in rows):
@@ -109,5 +124,6 @@ def fig10(rows):
   return lines
 
 
-CLAIMS = {'table2': table2, 'table3': table3, 'table4': table4, 'table6': table6,
+CLAIMS = {'table2': table2, 'table3': table3, 'table4': table4, 'table5': table5,
+          'table6': table6,
           'table10': table10, 'fig8': fig8, 'fig10': fig10}

@@ -22,7 +22,7 @@ HEADERS = {'model_acc': 'Model Acc.', 'conf_dist': 'Conf. Dist.', 'attack_acc': 
            'atta_data': 'Atta. data', 'defe_data': 'Defe. data', 'eps': 'eps',
            'attacker': 'Attacker', 'defense': 'Defense', 'substitute': 'Substitute',
            'architecture': 'Architecture', 'relation': 'Attacker vs substitute', 'param': 'Parameter',
-           'value': 'Value'}
+           'value': 'Value', 'guidance': 'Guidance'}
 PERCENT = ('model_acc', 'attack_acc', 'zero_fraction', 'evaluator_acc')
 
 
