@@ -124,6 +124,20 @@ def test_conv_transpose_module_interchangeable_with_flax():
   np.testing.assert_allclose(ours.apply(v, x), flax_ct.apply(v, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('impl', ['gemm', 'lax'])
+def test_conv3x3_module_interchangeable_with_flax_conv(impl):
+  """The extra blocks' Conv3x3: same params as flax.linen.Conv(k3, SAME), same outputs."""
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 5, 4, 3)), jnp.float32)
+  ours = ct.Conv3x3(4, impl=impl)
+  flax_conv = nn.Conv(4, (3, 3), padding='SAME')
+  key = jax.random.key(0)
+  v_ours, v_flax = ours.init(key, x), flax_conv.init(key, x)
+  assert jax.tree.map(jnp.shape, v_ours) == jax.tree.map(jnp.shape, v_flax)
+  np.testing.assert_array_equal(v_ours['params']['kernel'], v_flax['params']['kernel'])
+  v = {'params': {'kernel': v_flax['params']['kernel'], 'bias': jnp.arange(4.0)}}
+  np.testing.assert_allclose(ours.apply(v, x), flax_conv.apply(v, x), rtol=1e-5, atol=1e-5)
+
+
 def test_resolve_impl():
   assert ct.resolve_impl('auto') == ('gemm' if jax.default_backend() == 'cpu' else 'lax')
   with pytest.raises(ValueError, match='impl'):
@@ -183,7 +197,8 @@ def test_decoder_second_order_in_eval_mode_matches_lax():
   """grad w.r.t. the decoder input of a cosine between parameter gradients (alignment loss)."""
   rng = np.random.default_rng(8)
   z, x = _rand(rng, (3, 5), jnp.float32), jnp.asarray(rng.uniform(size=(3, 16, 16, 1)), jnp.float32)
-  decs = {impl: models.Decoder((16, 16, 1), width=4, blocks=3, impl=impl)
+  # One stride-1 extra block: its Conv3x3 GEMM form is checked against lax's convolution too.
+  decs = {impl: models.Decoder((16, 16, 1), width=4, blocks=3, extra_blocks=1, impl=impl)
           for impl in ('gemm', 'lax')}
   v = jax.jit(lambda z: decs['gemm'].init(jax.random.key(2), z, train=False))(z)
 

@@ -23,7 +23,7 @@ touched, and the whole computation stays differentiable: LPA takes `jax.grad` of
 
 Supported modules: `nn.Dense`, `nn.Conv` (no feature groups, no input or kernel dilation),
 `nn.BatchNorm` with running averages, and the decoder's transposed convolutions
-(`models.conv_transpose`). Any other parameterised module, or batch-statistics BatchNorm, raises
+(`models.conv_transpose`, the stride-1 `Conv3x3` included). Any other parameterised module, or batch-statistics BatchNorm, raises
 `Unsupported` while tracing; `alignment.per_example_alignment_loss` then falls back to vmapped
 per-example gradients.
 """
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mip_jax.models.conv_transpose import ConvTranspose4x4S2, ConvTransposeStem
+from mip_jax.models.conv_transpose import Conv3x3, ConvTranspose4x4S2, ConvTransposeStem
 
 
 class Unsupported(Exception):
@@ -136,6 +136,9 @@ def _layer_terms(kind: str, a: jnp.ndarray, d: jnp.ndarray, meta: dict, t: dict
 
 def _describe(module: nn.Module, args, kwargs) -> tuple[str, dict] | None:
   """(kind, static facts) of a parameterised module the ghost norms handle; None for containers."""
+  if isinstance(module, Conv3x3):  # before its parent class below: a convolution, not transposed
+    return 'conv', {'bias': module.use_bias, 'kernel_size': (3, 3), 'strides': (1, 1),
+                    'padding': 'SAME'}
   if isinstance(module, ConvTransposeStem):
     return 'stem', {'bias': module.use_bias}
   if isinstance(module, ConvTranspose4x4S2):

@@ -3,7 +3,9 @@
 The decoder (design section 4) only needs two transposed convolutions:
 
 * the stem, ConvT(k4, s1, p0) on a 1x1 input: a plain matmul [B, m] @ [m, 4*4*C];
-* the upsampling block, ConvT(k4, s2, p1): [B, H, W, Cin] -> [B, 2H, 2W, Cout].
+* the upsampling block, ConvT(k4, s2, p1): [B, H, W, Cin] -> [B, 2H, 2W, Cout];
+* and, for the optional stride-1 extra blocks, one plain convolution Conv(k3, s1, SAME)
+  (`conv3x3_same`, an im2col GEMM on CPU for the same reason).
 
 XLA:CPU runs `lax.conv_transpose` forward at about GEMM speed, but its gradients (the kernel
 gradient above all) are 10-20x slower: 760 ms per decoder train step (width 64, batch 128) against
@@ -170,11 +172,13 @@ class ConvTranspose4x4S2(nn.Module):
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
   precision: Any = None
   param_dtype: Any = jnp.float32
-  _op = staticmethod(conv_transpose_s2)  # the computation; the stem subclass swaps it
+  _op = staticmethod(conv_transpose_s2)  # the computation; the subclasses swap it
+  _kernel_size = 4
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param('kernel', self.kernel_init, (4, 4, x.shape[-1], self.features),
+    k = self._kernel_size
+    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features),
                         self.param_dtype)
     y = self._op(x, kernel, impl=self.impl, precision=self.precision)
     if self.use_bias:
@@ -189,3 +193,38 @@ class ConvTransposeStem(ConvTranspose4x4S2):
   [B, 1, 1, m]; computed as one matmul (see `conv_transpose_stem`). Same fields as its parent.
   """
   _op = staticmethod(conv_transpose_stem)
+
+
+def conv3x3_same(x: jax.Array, kernel: jax.Array, *, impl: Impl = 'auto',
+                 precision=None) -> jax.Array:
+  """Convolution (cross-correlation) k=3, stride 1, SAME padding: [B, H, W, Cin] -> [B, H, W, Cout].
+
+  'gemm': the nine shifted copies of the zero-padded input side by side, [B*H*W, 9*Cin] @
+  [9*Cin, Cout]. XLA:CPU's own convolution is fine forward but its derivatives of derivatives, which
+  LPA's crafting takes, are slow: one alignment gradient through a 3x3 block cost 5x the GEMM form,
+  and 30x inside the crafting loop (measured on the digits decoder, 2 cores). 'lax': `lax.conv`,
+  as `flax.linen.Conv(features, (3, 3), padding='SAME')` computes it. Kernel HWIO (3, 3, Cin, Cout).
+  """
+  if x.ndim != 4 or kernel.shape[:2] != (3, 3) or kernel.shape[2] != x.shape[-1]:
+    raise ValueError(f'conv3x3_same expects NHWC input and a (3, 3, Cin, Cout) kernel with Cin = '
+                     f'the input channels; got {x.shape} and {kernel.shape}')
+  if resolve_impl(impl) == 'lax':
+    return lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', dimension_numbers=_DIMENSION_NUMBERS,
+                                    precision=precision)
+  b, h, w, cin = x.shape
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  # (i, j, c) feature order, the order of kernel.reshape(9 * Cin, Cout).
+  patches = jnp.concatenate([padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], -1)
+  y = jnp.dot(patches.reshape(b * h * w, 9 * cin), kernel.reshape(9 * cin, -1), precision=precision)
+  return y.reshape(b, h, w, -1)
+
+
+class Conv3x3(ConvTranspose4x4S2):
+  """Conv(k=3, s=1, SAME) layer: [B, H, W, Cin] -> [B, H, W, features] (the decoder's extra blocks).
+
+  Same parameters ('kernel' (3, 3, Cin, features), 'bias') and initialisers as
+  `flax.linen.Conv(features, (3, 3), padding='SAME')`, so checkpoints of either load in the other;
+  computed by `conv3x3_same`. Same fields as `ConvTranspose4x4S2`.
+  """
+  _op = staticmethod(conv3x3_same)
+  _kernel_size = 3

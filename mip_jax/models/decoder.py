@@ -10,7 +10,8 @@ Architecture (design section 4; Yang's `Inversion.decoder`, DCGAN-style):
 
 so the output side is 4 * 2**(blocks - 1): blocks 3 -> 16, 4 -> 32, 5 -> 64, 6 -> 128.
 `extra_blocks` stride-1 blocks (a stride-1 transposed convolution is a convolution with the kernel
-flipped, so they are `nn.Conv` 3x3 SAME) make the decoder deeper without changing its output size:
+flipped, so they are 3x3 SAME convolutions, `Conv3x3`: parameters as `nn.Conv`, a GEMM on CPU) make
+the decoder deeper without changing its output size:
 Table IV's deeper/shallower attackers at a fixed image size.
 Examples: width 64, blocks 4 -> 256-128-64-C; width 128, blocks 5 -> 1024-512-256-128-C.
 
@@ -24,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mip_jax.models.conv_transpose import ConvTranspose4x4S2, ConvTransposeStem, Impl
+from mip_jax.models.conv_transpose import Conv3x3, ConvTranspose4x4S2, ConvTransposeStem, Impl
 
 # PyTorch BatchNorm2d defaults (Yang's code): running-stat momentum 0.1, i.e. flax momentum 0.9.
 BN_MOMENTUM = 0.9
@@ -110,8 +111,7 @@ class Decoder(nn.Module):
       x = ConvTranspose4x4S2(c, impl=self.impl, use_bias=self.use_bias, name=f'convt_{i}')(x)
       x = jnp.tanh(norm(f'bn_{i}')(x))
     for j in range(self.extra_blocks):
-      x = nn.Conv(channels[-1], (3, 3), padding='SAME', use_bias=self.use_bias,
-                  name=f'extra_{j}')(x)
+      x = Conv3x3(channels[-1], impl=self.impl, use_bias=self.use_bias, name=f'extra_{j}')(x)
       x = jnp.tanh(norm(f'bn_extra_{j}')(x))
     x = ConvTranspose4x4S2(self.image_shape[-1], impl=self.impl, use_bias=self.use_bias,
                            name=f'convt_{self.blocks - 1}')(x)
