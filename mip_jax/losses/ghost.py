@@ -3,17 +3,15 @@
 Per-example alignment needs, for every example i of a batch, <g_t, g_i> and ||g_i|| where g_i is
 the decoder's parameter gradient on example i alone. Materialising every g_i (a vmapped `jax.grad`)
 costs B copies of the parameters and, on XLA:CPU, batched weight-gradient kernels that run 2.5-3x
-slower than the one batch gradient of the paper's aggregate mode. Neither quantity needs g_i:
-
-* <g_t, g_i> is the directional derivative of the per-example loss l_i along g_t: one `jax.jvp` of
-  the vector of per-example losses (a forward pass in tangent mode).
-* ||g_i||^2 is a sum over layers. A layer that is linear in its kernel, y_p = a_p W at positions p
-  (a dense layer: one position; a convolution: a_p the input patch under the kernel at output p),
-  has the per-example kernel gradient G_i = sum_p a_ip^T d_ip, where d = dl/dy is the cotangent at
-  the layer's output. ||G_i||^2 is either computed from G_i, which is small ([K, N] per example,
-  one batched matmul) or as sum_{p,q} (a_ip . a_iq)(d_ip . d_iq) (the Gram "ghost norm" of
-  Goodfellow 2015 / Li et al. 2022), whichever costs fewer multiplications; biases and BatchNorm's
-  scale and offset are per-channel sums.
+slower than the one batch gradient of the paper's aggregate mode. Neither quantity needs g_i: both
+are sums over layers. A layer that is linear in its kernel, y_p = a_p W at positions p (a dense
+layer: one position; a convolution: a_p the input patch under the kernel at output p), has the
+per-example kernel gradient G_i = sum_p a_ip^T d_ip, where d = dl/dy is the cotangent at the layer's
+output. ||G_i||^2 is either computed from G_i, which is small ([K, N] per example, one batched
+matmul), or as sum_{p,q} (a_ip . a_iq)(d_ip . d_iq) (the Gram "ghost norm" of Goodfellow 2015 /
+Li et al. 2022), whichever costs fewer multiplications; <T, G_i> for the layer's share T of g_t is
+read from G_i, or in the Gram form as sum_p a_ip T d_ip. Biases and BatchNorm's scale and offset
+are per-channel sums.
 
 The activations a and cotangents d come from one backward pass of the summed loss with zero
 perturbations added to the output of every parameterised module (Flax's `intercept_methods`; the
@@ -23,9 +21,9 @@ touched, and the whole computation stays differentiable: LPA takes `jax.grad` of
 
 Supported modules: `nn.Dense`, `nn.Conv` (no feature groups, no input or kernel dilation),
 `nn.BatchNorm` with running averages, and the decoder's transposed convolutions
-(`models.conv_transpose`, the stride-1 `Conv3x3` included). Any other parameterised module, or batch-statistics BatchNorm, raises
-`Unsupported` while tracing; `alignment.per_example_alignment_loss` then falls back to vmapped
-per-example gradients.
+(`models.conv_transpose`, the stride-1 `Conv3x3` included). Any other parameterised module, or
+batch-statistics BatchNorm, raises `Unsupported` while tracing;
+`alignment.per_example_alignment_loss` then falls back to vmapped per-example gradients.
 """
 
 from typing import Any, Callable
@@ -35,15 +33,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mip_jax.models.conv_transpose import Conv3x3, ConvTranspose4x4S2, ConvTransposeStem
+from mip_jax.models.conv_transpose import (Conv3x3, ConvTranspose4x4S2, ConvTransposeStem,
+                                           windows)
 
 
 class Unsupported(Exception):
   """The loss involves a module (or BatchNorm mode) the ghost computation cannot handle."""
 
 
-def _kernel_terms(a: jnp.ndarray, d: jnp.ndarray, t: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """(<t, G_i>, ||G_i||^2) per example for G_i = sum_p a_ip^T d_ip, a [B, P, K], d [B, P, N], t [K, N].
+def _kernel_terms(a: jnp.ndarray, d: jnp.ndarray, t: jnp.ndarray
+                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(<t, G_i>, ||G_i||^2) per example for G_i = sum_p a_ip^T d_ip; a [B, P, K], d [B, P, N],
+  t [K, N].
 
   ||G_i||^2 takes the cheaper exact form, chosen statically from the shapes: materialised G
   (B*P*K*N multiplications, one batched matmul; the inner product then reads G too) or the Gram
@@ -71,22 +72,6 @@ def _positions(x: jnp.ndarray) -> jnp.ndarray:
 def _channel_sums(d: jnp.ndarray) -> jnp.ndarray:
   """Per-example bias gradient: the cotangent summed over positions, [B, C]."""
   return jnp.sum(_positions(d), axis=1)
-
-
-def _windows(x: jnp.ndarray, size: tuple[int, int], strides: tuple[int, int],
-             pads: tuple[tuple[int, int], tuple[int, int]]) -> jnp.ndarray:
-  """[B, H, W, C] -> [B, Ho, Wo, kh * kw * C]: every kh x kw window of x (zero-padded by `pads`) at
-  `strides`, features ordered (i, j, c) like a flattened HWIO kernel.
-
-  Strided slices (memory moves, and so are their derivatives): XLA:CPU runs the equivalent
-  `conv_general_dilated_patches`, a convolution with a one-hot kernel, several times slower.
-  """
-  (kh, kw), (sh, sw) = size, strides
-  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
-  ho = (padded.shape[1] - kh) // sh + 1
-  wo = (padded.shape[2] - kw) // sw + 1
-  return jnp.concatenate([padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
-                          for i in range(kh) for j in range(kw)], axis=-1)
 
 
 def _same_pads(n: int, k: int, s: int) -> tuple[int, int]:
@@ -122,13 +107,13 @@ def _layer_terms(kind: str, a: jnp.ndarray, d: jnp.ndarray, meta: dict, t: dict
   elif kind == 'convt_s2':
     # Output pixel o receives input i through tap k for o = 2i + 2 - k (`conv_transpose_s2`): the
     # cotangents input i meets are the 4x4 window of d (padded by 1) at 2i, window tap w = 3 - k.
-    a, d = _positions(a), _positions(_windows(d, (4, 4), (2, 2), ((1, 1), (1, 1))))
+    a, d = _positions(a), _positions(windows(d, (4, 4), (2, 2), ((1, 1), (1, 1))))
     kernel = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(a.shape[-1], -1)
   else:  # 'conv' (cross-correlation): the input windows under the kernel at every output position
     size, strides = meta['kernel_size'], meta['strides']
     pads = (tuple(_same_pads(n, k, s) for n, k, s in zip(a.shape[1:3], size, strides))
             if meta['padding'] == 'SAME' else ((0, 0), (0, 0)))
-    a, d = _positions(_windows(a, size, strides, pads)), _positions(d)
+    a, d = _positions(windows(a, size, strides, pads)), _positions(d)
     kernel = kernel.reshape(-1, kernel.shape[-1])
   kernel_dots, kernel_sq = _kernel_terms(a, d, kernel)
   return dots + kernel_dots, sq + kernel_sq
@@ -163,8 +148,8 @@ def _describe(module: nn.Module, args, kwargs) -> tuple[str, dict] | None:
     running = kwargs.get('use_running_average', args[1] if len(args) > 1 else None)
     running = module.use_running_average if running is None else running
     if not running:
-      raise Unsupported('BatchNorm with batch statistics couples the examples of a batch; per-example '
-                        'gradients then need vmap')
+      raise Unsupported('BatchNorm with batch statistics couples the examples of a batch; '
+                        'per-example gradients then need vmap')
     return 'batchnorm', {'bias': module.use_bias, 'scale': module.use_scale,
                          'epsilon': module.epsilon}
   return None
@@ -204,12 +189,14 @@ def _tapped(loss_fn, params, inputs, images, perturbations):
 def per_example_dots_and_sq_norms(loss_fn: Callable, params: Any, inputs: jnp.ndarray,
                                   images: jnp.ndarray, direction: Any
                                   ) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """(<direction, g_i>, ||g_i||^2) for every example i, g_i = grad_params loss_fn on example i alone.
+  """(<direction, g_i>, ||g_i||^2) for every example i; g_i = grad_params loss_fn on example i
+  alone.
 
   Args:
     loss_fn: `loss_fn(params, inputs, images, weights)`, a weighted mean of per-example losses of a
       Flax model built from the supported modules (running BatchNorm statistics).
-    params: the model's parameters; inputs [B, ...], images [B, ...]; direction: a pytree like params.
+    params: the model's parameters; inputs [B, ...], images [B, ...]; direction: a pytree like
+      params.
 
   Returns:
     two [B] arrays. Raises `Unsupported` (while tracing) for models it cannot handle.
@@ -264,7 +251,8 @@ def cosine_distances(loss_fn: Callable, params: Any, inputs: jnp.ndarray, images
 
 def mse_distances(loss_fn: Callable, params: Any, inputs: jnp.ndarray, images: jnp.ndarray,
                   target_grad: Any) -> jnp.ndarray:
-  """mean((target_grad - g_i)^2) over entries for every example i [B]: |t|^2 - 2<t, g_i> + |g_i|^2."""
+  """mean((target_grad - g_i)^2) over entries for every example i [B]:
+  (|t|^2 - 2<t, g_i> + |g_i|^2) / size."""
   dots, sq_norms = per_example_dots_and_sq_norms(loss_fn, params, inputs, images, target_grad)
   t2 = optax.tree.sum(jax.tree.map(jnp.square, target_grad))
   return (t2 - 2.0 * dots + sq_norms) / optax.tree.size(target_grad)

@@ -212,11 +212,26 @@ def conv3x3_same(x: jax.Array, kernel: jax.Array, *, impl: Impl = 'auto',
     return lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', dimension_numbers=_DIMENSION_NUMBERS,
                                     precision=precision)
   b, h, w, cin = x.shape
-  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  # (i, j, c) feature order, the order of kernel.reshape(9 * Cin, Cout).
-  patches = jnp.concatenate([padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)], -1)
+  patches = windows(x, (3, 3), (1, 1), ((1, 1), (1, 1)))  # (i, j, c) order, as the kernel's reshape
   y = jnp.dot(patches.reshape(b * h * w, 9 * cin), kernel.reshape(9 * cin, -1), precision=precision)
   return y.reshape(b, h, w, -1)
+
+
+def windows(x: jax.Array, size: tuple[int, int], strides: tuple[int, int],
+            pads: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """[B, H, W, C] -> [B, Ho, Wo, kh * kw * C]: every kh x kw window of x (zero-padded by `pads`) at
+  `strides`, features ordered (i, j, c) like a flattened HWIO kernel (im2col).
+
+  Strided slices (memory moves, and so are their derivatives): XLA:CPU runs the equivalent
+  `conv_general_dilated_patches`, a convolution with a one-hot kernel, several times slower. Used by
+  `conv3x3_same` and by the per-example gradient norms of `losses.ghost`.
+  """
+  (kh, kw), (sh, sw) = size, strides
+  padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+  ho = (padded.shape[1] - kh) // sh + 1
+  wo = (padded.shape[2] - kw) // sw + 1
+  return jnp.concatenate([padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+                          for i in range(kh) for j in range(kw)], axis=-1)
 
 
 class Conv3x3(ConvTranspose4x4S2):
