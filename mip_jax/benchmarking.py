@@ -21,14 +21,8 @@ from mip_jax.models import make_decoder
 
 
 def _median_ms(fn, *args, repeats: int, warmup: int = 2) -> float:
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return 1000 * float(np.median(times))
+  """Median ms of `fn(*args)` over `repeats` timed calls after `warmup` untimed ones."""
+  return _interleaved_median_ms({'fn': fn}, *args, repeats=repeats, warmup=warmup)['fn_ms']
 
 
 def _interleaved_median_ms(fns: dict, *args, repeats: int, warmup: int = 2) -> dict:
