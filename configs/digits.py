@@ -25,15 +25,8 @@ def get_config(arg: str = ''):
   c.decoder.epochs = 100
   c.decoder.batch_size = 64
   c.decoder.learning_rate = 1e-3
-  # The diffusion attacker sized for 2 CPU cores (one model trains and samples 3 guidances for the
-  # ~720 private vectors in ~3-4 min): 100 steps instead of 400, with betas 4x larger (4e-4..0.08),
-  # so the total noise sum(beta) ~ 4 and abar_T ~ 0.018 are the reference's; 16 features instead
-  # of 128 (96k parameters, 16x16 grey images); 100 epochs of ~11 batches of 64, lr 1e-3.
-  c.diffusion.timesteps = 100
-  c.diffusion.beta_start = 4e-4
-  c.diffusion.beta_end = 0.08
-  c.diffusion.features = 16
-  c.diffusion.epochs = 100
-  c.diffusion.batch_size = 64
-  c.diffusion.learning_rate = 1e-3
+  # The diffusion attacker sized for 2 CPU cores (`common.cpu_diffusion`; one model trains and samples
+  # 3 guidances for the ~720 private vectors in ~3-4 min; 96k parameters on 16x16 grey images):
+  # 100 epochs of ~11 batches.
+  common.cpu_diffusion(c, epochs=100)
   return common.variant(c, arg)

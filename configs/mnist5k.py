@@ -39,16 +39,10 @@ def get_config(arg: str = ''):
   # the eps ball in ~10 rounds; the alignment loss is less converged than the paper's.
   c.lpa.steps = 30
   c.lfp.steps = 30
-  # The diffusion attacker (Table V) at digits' CPU size (configs/digits.py: 100 steps, betas
-  # 4e-4..0.08, 16 features), 30 epochs of ~31 batches. Not measured here: by digits' timings (32x32
-  # costs ~4x per image, ~2,000 vectors to generate per guidance) one model should train and sample
-  # three guidances in ~20-30 min on an idle 2-core CPU, so a full table5 seed is hours; run
-  # table5 with --config.diffusion.guidances=0.5 to fit an hour.
-  c.diffusion.timesteps = 100
-  c.diffusion.beta_start = 4e-4
-  c.diffusion.beta_end = 0.08
-  c.diffusion.features = 16
-  c.diffusion.epochs = 30
-  c.diffusion.batch_size = 64
-  c.diffusion.learning_rate = 1e-3
+  # The diffusion attacker (Table V) at digits' CPU size (`common.cpu_diffusion`), 30 epochs of
+  # ~31 batches. Not measured here: by digits' timings (32x32 costs ~4x per image, ~2,000 vectors to
+  # generate per guidance) one model should train and sample three guidances in ~20-30 min on an
+  # idle 2-core CPU, so a full table5 seed is hours; run table5 with
+  # --config.diffusion.guidances=0.5 to fit an hour.
+  common.cpu_diffusion(c, epochs=30)
   return common.variant(c, arg)
