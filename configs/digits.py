@@ -25,8 +25,8 @@ def get_config(arg: str = ''):
   c.decoder.epochs = 100
   c.decoder.batch_size = 64
   c.decoder.learning_rate = 1e-3
-  # The diffusion attacker sized for 2 CPU cores (`common.cpu_diffusion`; one model trains and samples
-  # 3 guidances for the ~720 private vectors in ~3-4 min; 96k parameters on 16x16 grey images):
-  # 100 epochs of ~11 batches.
+  # The diffusion attacker sized for 2 CPU cores (`common.cpu_diffusion`; one model trains and
+  # samples 3 guidances for the ~720 private vectors in ~3-4 min; 96k parameters on 16x16 grey
+  # images): 100 epochs of ~11 batches.
   common.cpu_diffusion(c, epochs=100)
   return common.variant(c, arg)
