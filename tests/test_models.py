@@ -111,31 +111,31 @@ def test_conv_transpose_stem_equals_lax_valid():
     np.testing.assert_allclose(gk, gk_ref, rtol=1e-12, atol=1e-12)
 
 
-def test_conv_transpose_module_interchangeable_with_flax():
-  """Same params as flax.linen.ConvTranspose (name, shape, init), same outputs."""
-  x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 4, 4, 6)), jnp.float32)
-  ours = models.ConvTranspose4x4S2(3, impl='gemm')
-  flax_ct = nn.ConvTranspose(3, (4, 4), (2, 2), padding=((2, 2), (2, 2)))
-  key = jax.random.key(0)
-  v_ours, v_flax = ours.init(key, x), flax_ct.init(key, x)
-  assert jax.tree.map(jnp.shape, v_ours) == jax.tree.map(jnp.shape, v_flax)
-  np.testing.assert_array_equal(v_ours['params']['kernel'], v_flax['params']['kernel'])
-  v = {'params': {'kernel': v_flax['params']['kernel'], 'bias': jnp.arange(3.0)}}
-  np.testing.assert_allclose(ours.apply(v, x), flax_ct.apply(v, x), rtol=1e-5, atol=1e-5)
+# (ours, its flax.linen twin, input shape): same params (name, shape, init), same outputs.
+FLAX_TWINS = {
+    'convt_s2 gemm': (lambda: models.ConvTranspose4x4S2(3, impl='gemm'),
+                      lambda: nn.ConvTranspose(3, (4, 4), (2, 2), padding=((2, 2), (2, 2))),
+                      (2, 4, 4, 6)),
+    # The decoder's stride-1 extra blocks: flax.linen.Conv(k3, SAME).
+    'conv3x3 gemm': (lambda: ct.Conv3x3(4, impl='gemm'),
+                     lambda: nn.Conv(4, (3, 3), padding='SAME'), (2, 5, 4, 3)),
+    'conv3x3 lax': (lambda: ct.Conv3x3(4, impl='lax'),
+                    lambda: nn.Conv(4, (3, 3), padding='SAME'), (2, 5, 4, 3)),
+}
 
 
-@pytest.mark.parametrize('impl', ['gemm', 'lax'])
-def test_conv3x3_module_interchangeable_with_flax_conv(impl):
-  """The extra blocks' Conv3x3: same params as flax.linen.Conv(k3, SAME), same outputs."""
-  x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 5, 4, 3)), jnp.float32)
-  ours = ct.Conv3x3(4, impl=impl)
-  flax_conv = nn.Conv(4, (3, 3), padding='SAME')
+@pytest.mark.parametrize('name', list(FLAX_TWINS))
+def test_conv_modules_interchangeable_with_flax(name):
+  make_ours, make_flax, shape = FLAX_TWINS[name]
+  ours, twin = make_ours(), make_flax()
+  x = jnp.asarray(np.random.default_rng(5).normal(size=shape), jnp.float32)
   key = jax.random.key(0)
-  v_ours, v_flax = ours.init(key, x), flax_conv.init(key, x)
+  v_ours, v_flax = ours.init(key, x), twin.init(key, x)
   assert jax.tree.map(jnp.shape, v_ours) == jax.tree.map(jnp.shape, v_flax)
   np.testing.assert_array_equal(v_ours['params']['kernel'], v_flax['params']['kernel'])
-  v = {'params': {'kernel': v_flax['params']['kernel'], 'bias': jnp.arange(4.0)}}
-  np.testing.assert_allclose(ours.apply(v, x), flax_conv.apply(v, x), rtol=1e-5, atol=1e-5)
+  features = v_flax['params']['kernel'].shape[-1]
+  v = {'params': {'kernel': v_flax['params']['kernel'], 'bias': jnp.arange(float(features))}}
+  np.testing.assert_allclose(ours.apply(v, x), twin.apply(v, x), rtol=1e-5, atol=1e-5)
 
 
 def test_resolve_impl():
