@@ -114,42 +114,48 @@ def _atomic(path: str, text: str) -> None:
 
 # ---------------------------------------------------------------- figures
 
+def _per_attacker_figure(path: str, rows: list[dict], attackers: list[str], draw, *,
+                         xlabel: str, ylabel: str) -> None:
+  """One panel per attacker: `draw(ax, that attacker's rows)`, then labels, legend, save."""
+  fig, axes = plt.subplots(1, len(attackers), figsize=(5.5 * len(attackers), 4.2), squeeze=False)
+  for ax, attacker in zip(axes[0], attackers):
+    draw(ax, [r for r in rows if r['attacker'] == attacker])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f'attacker: {attacker}')
+    ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def tradeoff_figure(path: str, rows: list[dict], *, attackers: list[str]) -> None:
   """Figure 8: per defense, conf dist (x) against attack acc (y), error bars over seeds; one panel
   per attacker."""
-  fig, axes = plt.subplots(1, len(attackers), figsize=(5.5 * len(attackers), 4.2), squeeze=False)
-  for ax, attacker in zip(axes[0], attackers):
-    mine = [r for r in rows if r['attacker'] == attacker]
+
+  def draw(ax, mine):
     for defense in dict.fromkeys(r['defense'] for r in mine):
-      pts = [r for r in mine if r['defense'] == defense]
-      pts.sort(key=lambda r: r['conf_dist'])
+      pts = sorted((r for r in mine if r['defense'] == defense), key=lambda r: r['conf_dist'])
       ax.errorbar([max(r['conf_dist'], 1e-6) for r in pts], [100 * r['attack_acc'] for r in pts],
                   xerr=[r['conf_dist_std'] for r in pts],
                   yerr=[100 * r['attack_acc_std'] for r in pts],
                   marker='o', capsize=3, label=defense)
     ax.set_xscale('log')
-    ax.set_xlabel('confidence distortion (L2, log scale)')
-    ax.set_ylabel('attack accuracy (%)')
-    ax.set_title(f'attacker: {attacker}')
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+
+  _per_attacker_figure(path, rows, attackers, draw,
+                       xlabel='confidence distortion (L2, log scale)', ylabel='attack accuracy (%)')
 
 
 def eps_eta_figure(path: str, rows: list[dict], *, attackers: list[str]) -> None:
   """Figure 10: eta (fraction of reconstructions with error > eps) over eps, one curve per defense."""
-  fig, axes = plt.subplots(1, len(attackers), figsize=(5.5 * len(attackers), 4.2), squeeze=False)
-  for ax, attacker in zip(axes[0], attackers):
-    for r in (r for r in rows if r['attacker'] == attacker):
+
+  def draw(ax, mine):
+    for r in mine:
       curve = np.asarray(r['eps_eta'])
       std = np.asarray(r['eps_eta_std'])
       ax.plot(curve[:, 0], curve[:, 1], label=r['defense'])
       ax.fill_between(curve[:, 0], curve[:, 1] - std, curve[:, 1] + std, alpha=0.2)
-    ax.set_xlabel('reconstruction error threshold epsilon')
-    ax.set_ylabel('fraction with error > epsilon (1 - eta)')
-    ax.set_title(f'attacker: {attacker}')
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+
+  _per_attacker_figure(path, rows, attackers, draw,
+                       xlabel='reconstruction error threshold epsilon',
+                       ylabel='fraction with error > epsilon (1 - eta)')
