@@ -158,10 +158,11 @@ def _describe(module: nn.Module, args, kwargs) -> tuple[str, dict] | None:
 def _tapped(loss_fn, params, inputs, images, perturbations):
   """The summed loss with `perturbations[path]` added to every handled module's output.
 
-  Returns (sum of per-example losses, {path: (kind, input, meta)}) where meta holds BatchNorm's
-  running statistics (arrays) next to the static facts.
+  Returns (sum of per-example losses, {path: (kind, input, meta)}, {path: output}) where meta holds
+  BatchNorm's running statistics (arrays) next to the static facts; `perturbations` None adds
+  nothing (a trace that finds the outputs' shapes).
   """
-  taps = {}
+  taps, outputs = {}, {}
 
   def interceptor(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
@@ -176,6 +177,7 @@ def _tapped(loss_fn, params, inputs, images, perturbations):
       meta = dict(meta, mean=context.module.get_variable('batch_stats', 'mean'),
                   var=context.module.get_variable('batch_stats', 'var'))
     taps[path] = (kind, args[0], meta)
+    outputs[path] = out
     return out if perturbations is None else out + perturbations[path]
 
   n = inputs.shape[0]
@@ -183,7 +185,7 @@ def _tapped(loss_fn, params, inputs, images, perturbations):
     # loss_fn is the weighted mean; n x the unweighted mean is the sum of per-example losses, whose
     # cotangent at example i's activations is example i's own.
     total = n * loss_fn(params, inputs, images, jnp.ones((n,), inputs.dtype))
-  return total, taps
+  return total, taps, outputs
 
 
 def per_example_dots_and_sq_norms(loss_fn: Callable, params: Any, inputs: jnp.ndarray,
@@ -202,7 +204,7 @@ def per_example_dots_and_sq_norms(loss_fn: Callable, params: Any, inputs: jnp.nd
     two [B] arrays. Raises `Unsupported` (while tracing) for models it cannot handle.
   """
   zeros = _output_zeros(loss_fn, params, inputs, images)
-  cotangents, taps = jax.grad(lambda z: _tapped(loss_fn, params, inputs, images, z),
+  cotangents, taps = jax.grad(lambda z: _tapped(loss_fn, params, inputs, images, z)[:2],
                               has_aux=True)(zeros)
   by_module = _leaves_by_module(params, direction)
   missing = set(by_module) - set(taps)
@@ -225,20 +227,8 @@ def _leaves_by_module(params, direction) -> dict:
 
 def _output_zeros(loss_fn, params, inputs, images) -> dict:
   """Zeros shaped like every handled module's output (found by tracing once, no FLOPs)."""
-  outputs = {}
-
-  def interceptor(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    if context.method_name == '__call__' and _describe(context.module, args, kwargs) is not None:
-      outputs['/'.join(context.module.scope.path)] = jax.ShapeDtypeStruct(out.shape, out.dtype)
-    return out
-
-  def trace():
-    with nn.intercept_methods(interceptor):
-      return loss_fn(params, inputs, images, jnp.ones((inputs.shape[0],), inputs.dtype))
-
-  jax.eval_shape(trace)
-  return {path: jnp.zeros(s.shape, s.dtype) for path, s in outputs.items()}
+  shapes = jax.eval_shape(lambda: _tapped(loss_fn, params, inputs, images, None)[2])
+  return {path: jnp.zeros(s.shape, s.dtype) for path, s in shapes.items()}
 
 
 def cosine_distances(loss_fn: Callable, params: Any, inputs: jnp.ndarray, images: jnp.ndarray,
