@@ -50,7 +50,7 @@ def load(workdir: str) -> ml_collections.ConfigDict:
         f'{path} does not exist: {workdir!r} was not trained by launch.compare/attack/lpa/lfp (or '
         'before workdirs saved their config); pass the config it was trained with, --config=...')
   with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(_with_defaults(json.load(f), path)))
+    return ml_collections.ConfigDict(_tuples(with_defaults(json.load(f), path)))
 
 
 def _defaults(dataset: str) -> dict | None:
@@ -67,7 +67,7 @@ def _defaults(dataset: str) -> dict | None:
   return module.get_config().to_dict()
 
 
-def _with_defaults(saved: dict, path: str) -> dict:
+def with_defaults(saved: dict, path: str) -> dict:
   """`saved` completed with today's defaults for fields added since it was written (with a warning
   naming them); a field today's code does not know is refused, since nothing would read it.
 
@@ -77,7 +77,7 @@ def _with_defaults(saved: dict, path: str) -> dict:
   defaults = _defaults(saved.get('dataset', ''))
   if defaults is None:
     return saved
-  have, want = _flatten(saved), _flatten(defaults)
+  have, want = flatten(saved), flatten(defaults)
   unknown = sorted(k for k in have.keys() - want.keys() if k.split('.')[0] not in IGNORED
                    and not any(w.startswith(k + '.') for w in want))
   if unknown:
@@ -103,10 +103,11 @@ def _unflatten(flat: dict) -> dict:
   return out
 
 
-def differences(saved: dict, given: dict) -> list[str]:
-  """'field: saved value != given value' for every field (dotted path) that differs, IGNORED aside."""
-  a, b = _flatten(_tuples(saved)), _flatten(_tuples(given))
-  keys = sorted(k for k in a.keys() | b.keys() if k.split('.')[0] not in IGNORED)
+def differences(saved: dict, given: dict, ignored=IGNORED) -> list[str]:
+  """'field: saved value != given value' for every field (dotted path) that differs, `ignored`
+  top-level fields and sections aside."""
+  a, b = flatten(_tuples(saved)), flatten(_tuples(given))
+  keys = sorted(k for k in a.keys() | b.keys() if k.split('.')[0] not in ignored)
   missing = object()
   return [f'{k}: trained with {a.get(k, "(absent)")!r}, given {b.get(k, "(absent)")!r}'
           for k in keys if a.get(k, missing) != b.get(k, missing)]
@@ -119,7 +120,7 @@ def check_matches(workdir: str, config: ml_collections.ConfigDict) -> None:
   if not os.path.exists(path):
     return
   with open(path) as f:
-    diff = differences(_with_defaults(json.load(f), path), json.loads(config.to_json()))
+    diff = differences(with_defaults(json.load(f), path), json.loads(config.to_json()))
   if diff:
     shown = '; '.join(diff[:5]) + (f'; and {len(diff) - 5} more' if len(diff) > 5 else '')
     raise ConfigMismatchError(
@@ -136,11 +137,12 @@ def _tuples(value):
   return value
 
 
-def _flatten(d: dict, prefix: str = '') -> dict:
+def flatten(d: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
+      out.update(flatten(v, f'{prefix}{k}.'))
     else:
       out[f'{prefix}{k}'] = v
   return out

@@ -76,6 +76,45 @@ def test_table6_sweep_trains_shared_stages_once_and_resumes(saves, config, workd
   assert load(workdir, 'table6')['rows'] == doc['rows']
 
 
+def test_cell_keys_name_only_what_differs_from_the_base(config):
+  key = lambda c, d='lpa': cells.group_key(config, c, d)
+  same = cells.apply_overrides(config, (('lpa.eps', config.lpa.eps),))
+  assert key(same) == key(config) != key(config, 'random')
+  assert key(cells.apply_overrides(config, (('lpa.eps', 0.05),))) != key(config)
+  # A field added to the config (base and cell alike) keeps every key.
+  grown_base, grown = config.copy_and_resolve_references(), same.copy_and_resolve_references()
+  grown_base.lpa.new_field = grown.lpa.new_field = 3
+  assert cells.group_key(grown_base, grown, 'lpa') == key(config)
+
+
+def test_saved_cells_survive_added_fields_not_changed_ones(saves, config, workdir, monkeypatch):
+  """A cell measured before a config field existed is reused (the field takes today's default); one
+  measured under another value of a field is measured again."""
+  runner = cells.Runner(paper.seed_config(config, config.seed), os.path.join(workdir, 'seed_0'))
+  path = runner._config_path(runner.key(cells.Cell('lpa')))
+  with open(path) as f:
+    saved = json.load(f)
+  calls = []
+  original = cells.experiment.evaluate_defense
+  monkeypatch.setattr(cells.experiment, 'evaluate_defense',
+                      lambda setup, name, **kw: calls.append(name) or original(setup, name, **kw))
+
+  def rewrite(edit):
+    doc = json.loads(json.dumps(saved))
+    edit(doc)
+    with open(path, 'w') as f:
+      json.dump(doc, f)
+
+  rewrite(lambda d: d['lpa'].pop('objective'))  # as if measured before lpa.objective existed
+  paper.run('table6', config, workdir)
+  assert calls == []
+  rewrite(lambda d: d['lpa'].update(objective='decoy_class'))
+  paper.run('table6', config, workdir)
+  assert calls == ['lpa']  # only the stale group, for both its attackers
+  with open(path) as f:
+    assert json.load(f) == saved
+
+
 @pytest.fixture
 def paper_attacker_only(monkeypatch):
   monkeypatch.setattr(experiments, 'zero_robust', lambda all_of_them=False: ())

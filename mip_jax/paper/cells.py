@@ -8,6 +8,12 @@ depend on a cell's changes (classifier, evaluator, the default substitute, ident
 vectors) are trained once and loaded afterwards. A cell's result row is saved in
 `<workdir>/cells/` as soon as it is measured: a killed sweep resumes at the first unmeasured cell,
 and a cell shared by two experiments (the default LPA row) is measured once.
+
+A cell is named by its defense and the fields where its config differs from the seed's base config
+(`group_key`), and its full config is saved beside its rows. A saved cell is reused when that
+config, completed with today's defaults for fields added since (as `run_config.load` does), equals
+the cell's config now: adding a config field keeps every measured cell, and changing a default, the
+base config or an override measures the cell again (with a warning naming the fields).
 """
 
 import dataclasses
@@ -17,9 +23,11 @@ import os
 import numpy as np
 from absl import logging
 
-from mip_jax import checkpoints, experiment
+from mip_jax import checkpoints, experiment, run_config
 
 CELLS_DIR = 'cells'
+# Where the data lives: the same cell wherever it was read from.
+PLACES = ('data_dir', 'manual_dir')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +58,20 @@ def apply_overrides(config, overrides):
   return config
 
 
-def group_key(config, defense: str) -> str:
-  """Short key of a defense under a config: cells with equal keys share their defended vectors."""
-  return checkpoints.fingerprint([defense, config.to_dict()])[:10]
+def _plain(config) -> dict:
+  return json.loads(config.to_json())
+
+
+def group_key(base, config, defense: str) -> str:
+  """Short key of a defense under a cell's config: the defense and the fields where `config`
+  differs from the seed's `base` config. Cells with equal keys share their defended vectors; an
+  override equal to the base value changes nothing (Table II's MSE rows are Table VI's default)."""
+  have, want = run_config.flatten(_plain(base)), run_config.flatten(_plain(config))
+  changed = sorted((k, v) for k, v in want.items() if have.get(k, _MISSING) != v)
+  return checkpoints.fingerprint([defense, changed])[:10]
+
+
+_MISSING = object()
 
 
 class Runner:
@@ -74,9 +93,29 @@ class Runner:
     """The shared setup under a cell's config (same data, classifier and evaluator)."""
     return dataclasses.replace(self.setup, config=apply_overrides(self.config, overrides))
 
+  def key(self, cell: Cell) -> str:
+    return group_key(self.config, self.cell_setup(cell.overrides).config, cell.defense)
+
   def _paths(self, key: str, attacker: str) -> tuple[str, str]:
     base = os.path.join(self.workdir, CELLS_DIR, f'{key}_{attacker}')
     return base + '.json', base + '.npz'
+
+  def _config_path(self, key: str) -> str:
+    return os.path.join(self.workdir, CELLS_DIR, f'{key}.config.json')
+
+  def _current(self, key: str, config) -> bool:
+    """Whether the cells saved under `key` were measured with `config` (fields added to the config
+    since taking today's defaults). A stale group is measured again, with a warning."""
+    path = self._config_path(key)
+    if not os.path.exists(path):
+      return False
+    with open(path) as f:
+      saved = run_config.with_defaults(json.load(f), path)
+    diff = run_config.differences(saved, _plain(config), ignored=PLACES)
+    if diff:
+      logging.warning('cells %s were measured with another config (%s): measuring them again',
+                      key, '; '.join(diff[:3]) + (' ...' if len(diff) > 3 else ''))
+    return not diff
 
   def rows(self, cells) -> list[dict]:
     """Result rows of `cells` (in order); unmeasured ones are measured, grouped per defense setting
@@ -84,11 +123,16 @@ class Runner:
     cells = list(cells)
     groups = {}
     for cell in cells:
+      groups.setdefault(self.key(cell), (cell, []))[1].append(cell.attacker)
+    for key, (cell, attackers) in groups.items():
       setup = self.cell_setup(cell.overrides)
-      key = group_key(setup.config, cell.defense)
-      groups.setdefault(key, (cell, setup, []))[2].append(cell.attacker)
-    for key, (cell, setup, attackers) in groups.items():
-      todo = [a for a in dict.fromkeys(attackers) if not os.path.exists(self._paths(key, a)[0])]
+      attackers = list(dict.fromkeys(attackers))
+      if self._current(key, setup.config):
+        todo = [a for a in attackers if not os.path.exists(self._paths(key, a)[0])]
+      else:  # never measured, or measured under another config: none of its rows count
+        todo = attackers
+        self._remove(key)
+        _atomic_json(self._config_path(key), _plain(setup.config))
       if not todo:
         continue
       logging.info('cell %s %s: attackers %s', cell.defense, dict(cell.overrides), todo)
@@ -97,8 +141,7 @@ class Runner:
         self._save(key, attacker, row, recon[self.figure_idx])
     out = []
     for cell in cells:
-      key = group_key(self.cell_setup(cell.overrides).config, cell.defense)
-      with open(self._paths(key, cell.attacker)[0]) as f:
+      with open(self._paths(self.key(cell), cell.attacker)[0]) as f:
         out.append(json.load(f))
     return out
 
@@ -107,18 +150,29 @@ class Runner:
 
   def reconstructions(self, cell: Cell) -> np.ndarray:
     """The saved reconstructions of the figure's private examples for a measured cell."""
-    key = group_key(self.cell_setup(cell.overrides).config, cell.defense)
-    with np.load(self._paths(key, cell.attacker)[1]) as f:
+    with np.load(self._paths(self.key(cell), cell.attacker)[1]) as f:
       return f['recon']
 
   def figure_images(self) -> np.ndarray:
     return self.setup.splits.private_train.images[self.figure_idx]
 
+  def _remove(self, key: str) -> None:
+    """Forgets a stale group's rows (its config file is rewritten before any new row)."""
+    cells_dir = os.path.join(self.workdir, CELLS_DIR)
+    if os.path.isdir(cells_dir):
+      for name in os.listdir(cells_dir):
+        if name.startswith(f'{key}_') and name.endswith('.json'):
+          os.remove(os.path.join(cells_dir, name))
+
   def _save(self, key: str, attacker: str, row: dict, recon: np.ndarray) -> None:
     path, npz = self._paths(key, attacker)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     np.savez(npz + '.tmp.npz', recon=recon)
     os.replace(npz + '.tmp.npz', npz)
-    with open(path + '.tmp', 'w') as f:
-      json.dump(row, f, indent=1, default=float)
-    os.replace(path + '.tmp', path)  # last: a row file means the cell is complete
+    _atomic_json(path, row)  # last: a row file means the cell is complete
+
+
+def _atomic_json(path: str, value) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(value, f, indent=1, default=float)
+  os.replace(path + '.tmp', path)
