@@ -12,7 +12,7 @@ import pytest
 
 from configs import digits
 from mip_jax import checkpoints, paper
-from mip_jax.paper import cells, experiments
+from mip_jax.paper import cells, claims, experiments
 
 
 @pytest.fixture(scope='module')
@@ -113,6 +113,22 @@ def test_saved_cells_survive_added_fields_not_changed_ones(saves, config, workdi
   assert calls == ['lpa']  # only the stale group, for both its attackers
   with open(path) as f:
     assert json.load(f) == saved
+
+
+def test_claims_compare_each_defense_with_its_control_seed_by_seed():
+  def row(defense, accs):
+    return {'atta_loss': 'MSE', 'attacker': 'none', 'defe_loss': defense,
+            'attack_acc': sum(accs) / 3, 'attack_acc_std': 0.0, 'attack_acc_seeds': accs}
+  rows = [row('No-defense', [0.9, 0.9, 0.9]), row('MSE', [0.4, 0.5, 0.2]),
+          row('PSNR', [0.3, 0.5, 0.6]), row('random control', [0.5, 0.5, 0.5])]
+  lines = claims.table2(rows)
+  assert ('atta_loss=MSE, attacker=none: MSE minus the random control, paired: '
+          '-13.3 ± 12.5 points (per seed -10.0 / +0.0 / -30.0; not the same sign on every seed)') in lines
+  psnr = 'PSNR minus the random control, paired: -3.3 ± 12.5 points (per seed -20.0 / +0.0 / +10.0'
+  assert any(psnr in line for line in lines)
+  assert not any('random control minus' in l for l in lines)  # the control is not its own control
+  rows[1]['attack_acc_seeds'] = [0.4, 0.45, 0.2]
+  assert any('per seed -10.0 / -5.0 / -30.0; lower on every seed' in l for l in claims.table2(rows))
 
 
 @pytest.fixture

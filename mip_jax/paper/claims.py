@@ -2,7 +2,12 @@
 
 Attack accuracy is the privacy metric compared (lower = more private); a difference counts only
 when it exceeds the spread over seeds (|diff| > std_a + std_b), otherwise it reads 'within noise'.
+Every defended row is also compared with the `random` control of its group seed by seed (`_paired`):
+the protection attributable to the defense's mechanism is that paired difference, not the drop from
+no defense.
 """
+
+import numpy as np
 
 
 def _find(rows, **labels):
@@ -21,8 +26,33 @@ def _cmp(a: dict, b: dict, metric: str = 'attack_acc') -> str:
   return f'{f(a[metric])}, {word} {f(b[metric])}'
 
 
-def _vs_baseline(rows, group_keys, defense_key, baseline, defended):
-  """Lines comparing each defended row with the baseline row of the same group."""
+def _paired(a: dict, control: dict, metric: str = 'attack_acc') -> str:
+  """a minus the control, per seed (same seed = same data, classifier and attacker seed): mean ±
+  std in points, the per-seed values and whether the sign holds on every seed."""
+  d = 100 * (np.asarray(a[metric + '_seeds']) - np.asarray(control[metric + '_seeds']))
+  if len(d) < 2:
+    sign = 'one seed'
+  elif (d < 0).all():
+    sign = 'lower on every seed'
+  elif (d > 0).all():
+    sign = 'higher on every seed'
+  elif (d == 0).all():
+    sign = 'equal on every seed'
+  else:
+    sign = 'not the same sign on every seed'
+  return (f'{d.mean():+.1f} ± {d.std():.1f} points (per seed {" / ".join(f"{x:+.1f}" for x in d)}'
+          f'; {sign})')
+
+
+def _vs_control(where: str, name: str, r: dict, control: dict | None) -> list[str]:
+  if control is None or r is control:
+    return []
+  return [f'{where}: {name} minus the random control, paired: {_paired(r, control)}']
+
+
+def _vs_baseline(rows, group_keys, defense_key, baseline, defended, control='random control'):
+  """Lines comparing each defended row with the baseline row of the same group, and with the
+  group's `control` row seed by seed."""
   lines = []
   groups = []
   for r in rows:
@@ -33,11 +63,13 @@ def _vs_baseline(rows, group_keys, defense_key, baseline, defended):
     base = _find(rows, **dict(g), **{defense_key: baseline})
     if base is None:
       continue
+    ctl = _find(rows, **dict(g), **{defense_key: control})
     for name in defended:
       r = _find(rows, **dict(g), **{defense_key: name})
       if r is not None:
         where = ', '.join(f'{k}={v}' for k, v in g)
         lines.append(f'{where}: {name} attack accuracy {_cmp(r, base)} ({baseline})')
+        lines += _vs_control(where, name, r, ctl)
   return lines
 
 
@@ -83,8 +115,10 @@ def table6(rows):
     for r in lpa:
       ctl = _find(rows, attacker=attacker, eps=r['eps'], defense='random control')
       if ctl is not None:
-        lines.append(f'attacker {attacker}, eps {r["eps"]}: LPA attack accuracy {_cmp(r, ctl)} '
+        where = f'attacker {attacker}, eps {r["eps"]}'
+        lines.append(f'{where}: LPA attack accuracy {_cmp(r, ctl)} '
                      f'(the random control at the same radius)')
+        lines += _vs_control(where, 'LPA', r, ctl)
   return lines
 
 
@@ -92,11 +126,13 @@ def table10(rows):
   lines = []
   for attacker in dict.fromkeys(r['attacker'] for r in rows):
     base = _find(rows, defense='none', attacker=attacker)
+    ctl = _find(rows, defense='random', attacker=attacker)
     for name in ('lpa', 'random'):
       r = _find(rows, defense=name, attacker=attacker)
       if r is not None and base is not None:
         lines.append(f'attacker {attacker}: {name} attack accuracy {_cmp(r, base)} '
                      f'(no defense, same attacker)')
+        lines += _vs_control(f'attacker {attacker}', name, r, ctl)
   return lines
 
 
@@ -110,6 +146,10 @@ def fig8(rows):
                    f'{100 * best["attack_acc"]:.1f}% at {best["param"]}={best["value"]} '
                    f'(conf. dist. {best["conf_dist"]:.4f}, model acc. '
                    f'{100 * best["model_acc"]:.1f}%)')
+    for r in rows:
+      if r['attacker'] == attacker and r['defense'] == 'lpa':
+        ctl = _find(rows, attacker=attacker, defense='random', value=r['value'])
+        lines += _vs_control(f'attacker {attacker}, {r["param"]}={r["value"]}', 'lpa', r, ctl)
   return lines
 
 
