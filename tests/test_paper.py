@@ -122,8 +122,8 @@ def test_claims_compare_each_defense_with_its_control_seed_by_seed():
   rows = [row('No-defense', [0.9, 0.9, 0.9]), row('MSE', [0.4, 0.5, 0.2]),
           row('PSNR', [0.3, 0.5, 0.6]), row('random control', [0.5, 0.5, 0.5])]
   lines = claims.table2(rows)
-  assert ('atta_loss=MSE, attacker=none: MSE minus the random control, paired: '
-          '-13.3 ± 12.5 points (per seed -10.0 / +0.0 / -30.0; not the same sign on every seed)') in lines
+  assert ('atta_loss=MSE, attacker=none: MSE minus the random control, paired: -13.3 ± 12.5 '
+          'points (per seed -10.0 / +0.0 / -30.0; not the same sign on every seed)') in lines
   psnr = 'PSNR minus the random control, paired: -3.3 ± 12.5 points (per seed -20.0 / +0.0 / +10.0'
   assert any(psnr in line for line in lines)
   assert not any('random control minus' in l for l in lines)  # the control is not its own control
