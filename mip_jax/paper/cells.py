@@ -62,6 +62,9 @@ def _plain(config) -> dict:
   return json.loads(config.to_json())
 
 
+_MISSING = object()
+
+
 def group_key(base, config, defense: str) -> str:
   """Short key of a defense under a cell's config: the defense and the fields where `config`
   differs from the seed's `base` config. Cells with equal keys share their defended vectors; an
@@ -69,9 +72,6 @@ def group_key(base, config, defense: str) -> str:
   have, want = run_config.flatten(_plain(base)), run_config.flatten(_plain(config))
   changed = sorted((k, v) for k, v in want.items() if have.get(k, _MISSING) != v)
   return checkpoints.fingerprint([defense, changed])[:10]
-
-
-_MISSING = object()
 
 
 class Runner:
@@ -121,9 +121,10 @@ class Runner:
     """Result rows of `cells` (in order); unmeasured ones are measured, grouped per defense setting
     so a defense is fitted and applied once for all its attackers."""
     cells = list(cells)
+    keys = [self.key(cell) for cell in cells]
     groups = {}
-    for cell in cells:
-      groups.setdefault(self.key(cell), (cell, []))[1].append(cell.attacker)
+    for key, cell in zip(keys, cells):
+      groups.setdefault(key, (cell, []))[1].append(cell.attacker)
     for key, (cell, attackers) in groups.items():
       setup = self.cell_setup(cell.overrides)
       attackers = list(dict.fromkeys(attackers))
@@ -140,8 +141,8 @@ class Runner:
       for attacker, (row, recon) in zip(todo, results):
         self._save(key, attacker, row, recon[self.figure_idx])
     out = []
-    for cell in cells:
-      with open(self._paths(self.key(cell), cell.attacker)[0]) as f:
+    for key, cell in zip(keys, cells):
+      with open(self._paths(key, cell.attacker)[0]) as f:
         out.append(json.load(f))
     return out
 
