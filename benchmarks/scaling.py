@@ -15,7 +15,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mip_jax import benchmarking
+from mip_jax.studies import benchmarking
 
 CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/mnist.py.',
                                          lock_config=True)

@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.decoder.impl = 'auto'               # transposed conv: 'gemm' (fast on CPU), 'lax', 'auto' (by platform)
   c.decoder.extra_blocks = 0            # stride-1 blocks before the output layer (deeper, same size)
 
-  # The defender's substitute decoder I_sub (mip_jax/substitute.py). None: the attacker's setting in
+  # The defender's substitute decoder I_sub (mip_jax/protocol/substitute.py). None: the attacker's setting in
   # c.decoder. Tables II-IV vary it: loss, the half of the queries it sees, depth and width.
   c.substitute = ml_collections.ConfigDict()
   c.substitute.width = ml_collections.config_dict.placeholder(int)
@@ -183,7 +183,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.vae.batch_size = 64
   c.vae.learning_rate = 1e-3
 
-  # Serving (launch.serve, mip_jax.defender).
+  # Serving (launch.serve, mip_jax.serving.defender).
   c.serve = ml_collections.ConfigDict()
   c.serve.max_batch = 256               # most images per request (larger: HTTP 413); also the
                                         # largest batch the defender pushes through one call

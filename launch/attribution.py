@@ -12,8 +12,8 @@ import os
 from absl import app, flags
 
 from launch import common
-from mip_jax import attribution
 from mip_jax.attacks import adaptive
+from mip_jax.studies import attribution
 
 flags.mark_flags_as_required(['config'])
 TABLE = flags.DEFINE_enum('table', 'attribution', list(attribution.TABLES),
@@ -29,7 +29,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   for kind in ATTACKERS.value:
     adaptive.check(kind)
-  from mip_jax import console  # noqa: late import keeps `--help` fast
+  from mip_jax.runtime import console  # noqa: late import keeps `--help` fast
   common.join_cluster()
   config = common.CONFIG.value
   workdir = common.workdir_for(config)

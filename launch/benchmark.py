@@ -17,7 +17,7 @@ import os
 from absl import app, flags
 
 from launch import common
-from mip_jax import benchmarking, report
+from mip_jax.studies import benchmarking, report
 
 JSON_OUT = flags.DEFINE_string('json_out', None, 'Where to write the figures as JSON.')
 REPEATS = flags.DEFINE_integer('repeats', 10, 'Timed repetitions per step (median reported).')

@@ -7,7 +7,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from mip_jax import validation
+from mip_jax.protocol import validation
 
 CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/digits.py or configs/digits.py:tiny; '
@@ -32,7 +32,7 @@ DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Join the JAX cluster the 
 
 def join_cluster() -> None:
   """`jax.distributed.initialize` from the flags above when asked; must run before any JAX work."""
-  from mip_jax import parallel
+  from mip_jax.runtime import parallel
   try:
     parallel.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value,
                         from_environment=DISTRIBUTED.value)
@@ -50,7 +50,7 @@ def trained_config():
   Ends the process with a one-line error when neither is usable (launchers that use a trained
   workdir: serve, benchmark).
   """
-  from mip_jax import run_config  # noqa: late import keeps `--help` fast
+  from mip_jax.protocol import run_config  # noqa: late import keeps `--help` fast
   if CONFIG.value is None and WORKDIR.value is None:
     sys.exit('error: give --workdir=DIR (a trained run directory; its config.json is used) or '
              '--config=configs/<dataset>.py')
@@ -66,12 +66,13 @@ def trained_config():
 
 def run_protocol(defenses, attackers=None) -> None:
   """Runs the protocol for `defenses` with the --config/--workdir flags and prints the table and
-  where its files are; library log records go to <workdir>/log.txt (`mip_jax.console`).
+  where its files are; library log records go to <workdir>/log.txt (`mip_jax.runtime.console`).
 
   A missing dataset ends the process with its instructions and a non-zero exit code.
   """
-  from mip_jax import console, experiment  # noqa: late import keeps `--help` fast
   from mip_jax.data import DatasetNotFoundError
+  from mip_jax.protocol import experiment  # noqa: late import keeps `--help` fast
+  from mip_jax.runtime import console
   join_cluster()
   config = CONFIG.value
   workdir = workdir_for(config)

@@ -24,8 +24,9 @@ EXPERIMENT = flags.DEFINE_string('experiment', None, 'table2, table3, table4, ta
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from mip_jax import console, paper  # noqa: late import keeps `--help` fast
   from mip_jax.data import DatasetNotFoundError
+  from mip_jax.runtime import console
+  from mip_jax.studies import paper  # noqa: late import keeps `--help` fast
   try:
     paper.check_name(EXPERIMENT.value)
   except ValueError as e:

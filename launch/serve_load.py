@@ -33,8 +33,8 @@ JSON_OUT = flags.DEFINE_string('json_out', None, 'Where to write the figures as 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from mip_jax import loadgen  # noqa: late import keeps `--help` fast
-  from mip_jax.defender import Defender
+  from mip_jax.serving import loadgen  # noqa: late import keeps `--help` fast
+  from mip_jax.serving.defender import Defender
   config = common.CONFIG.value
   workdir = common.workdir_for(config)
   classifier = Defender.from_workdir(workdir, config, 'none')  # clean vectors for the checks

@@ -15,9 +15,9 @@ import optax
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mip_jax import metrics
 from mip_jax.attacks import adaptive, transforms
 from mip_jax.defenses import lpa, random_control, space
+from mip_jax.protocol import metrics
 from tests.scripts import craft_lpa
 from tests.test_feasible import assert_feasible, rows
 
@@ -153,7 +153,7 @@ def test_an_ensemble_objective_is_the_mean_of_its_members():
 @pytest.fixture(scope='module')
 def tiny_setup(data_dir, tmp_path_factory):
   from configs import digits
-  from mip_jax import experiment
+  from mip_jax.protocol import experiment
   c = digits.get_config('tiny')
   c.data_dir = data_dir
   return experiment.prepare(c, str(tmp_path_factory.mktemp('attribution')))
@@ -186,7 +186,7 @@ def test_ensemble_members_are_distinct_substitutes(tiny_setup):
   sizes = [sum(x.size for x in jax.tree.leaves(v['params'])) for _, v, _ in members]
   assert len(set(sizes)) == 3  # widths x1, x0.5, x2 (and an extra block) differ in size
   c.substitute.transform = 'floor'
-  from mip_jax import substitute
+  from mip_jax.protocol import substitute
   assert substitute.stage_name(c) != substitute.stage_name(tiny_setup.config)
 
 
@@ -195,7 +195,7 @@ def test_a_step_along_the_defensive_gradient_does_what_its_objective_says(tiny_s
   """g_t is what the attacker's update should follow (theta -= lr * g_p with g_p aligned to g_t):
   untargeted, it must raise the private reconstruction error; targeted, lower the error toward the
   decoys (a sign error in either would make LPA poison the wrong way)."""
-  from mip_jax import substitute
+  from mip_jax.protocol import substitute
   cfg = tiny_setup.config.lpa.copy_and_resolve_references()
   cfg.objective = objective
   model, variables = substitute.train_substitute(tiny_setup)

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from configs import digits
-from mip_jax import defender as defender_lib
-from mip_jax import experiment, metrics, run_config, stages, substitute, train
-from mip_jax.defender import DefenseError, Defender
 from mip_jax.defenses import vae
+from mip_jax.protocol import experiment, metrics, run_config, stages, substitute
+from mip_jax.runtime import train
+from mip_jax.serving import defender as defender_lib
+from mip_jax.serving.defender import DefenseError, Defender
 
 
 def tiny_serving_config(data_dir: str):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from configs import digits
-from mip_jax import defenses, experiment, metrics
+from mip_jax import defenses
 from mip_jax.defenses import lfp
+from mip_jax.protocol import experiment, metrics
 
 N, M = 40, 5
 MINE = ('none', 'lfp', 'noise', 'onepara', 'rounding', 'topk', 'advexa', 'pgd', 'poi_mse')

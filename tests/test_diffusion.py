@@ -11,9 +11,10 @@ import optax
 import pytest
 
 from configs import digits
-from mip_jax import paper, train
 from mip_jax.attacks import adaptive, diffusion
-from mip_jax.paper import experiments
+from mip_jax.runtime import train
+from mip_jax.studies import paper
+from mip_jax.studies.paper import experiments
 
 
 def small_cfg(**kw):

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from mip_jax import defenses, experiment, run_config, stages
+from mip_jax import defenses
+from mip_jax.protocol import experiment, run_config, stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,7 +110,7 @@ def _row(defense, acc, err):
 
 
 def test_mean_rows_averages_fields_and_curves():
-  from mip_jax import report
+  from mip_jax.studies import report
   rows = report.mean_rows([[_row('none', 0.8, 0.2)], [_row('none', 0.6, 0.4)]])
   (r,) = rows
   assert r['attack_acc'] == pytest.approx(0.7) and r['attack_acc_std'] == pytest.approx(0.1)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mip_jax.defender import DefenseError
+from mip_jax.serving.defender import DefenseError
 from tests.test_serve import MAX_BATCH, defender, request, server, workdir  # noqa: F401 (fixtures)
 
 FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

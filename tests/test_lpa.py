@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from mip_jax import metrics
 from mip_jax.defenses import lpa
+from mip_jax.protocol import metrics
 from tests.scripts import craft_lpa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,8 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mip_jax import metrics
 from mip_jax.attacks import transforms
+from mip_jax.protocol import metrics
 
 
 def test_check_probability_vectors_accepts_softmax_and_rejects_bad_input():

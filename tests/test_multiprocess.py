@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from mip_jax import parallel
+from mip_jax.runtime import parallel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join('tests', 'scripts', 'multiprocess.py')
@@ -145,7 +145,7 @@ def test_scaling_benchmark_prints_ratios_on_fake_devices(tmp_path):
 
 
 def test_device_counts_double_up_to_what_is_there():
-  from mip_jax import benchmarking
+  from mip_jax.studies import benchmarking
   assert benchmarking.device_counts(1) == [1]
   assert benchmarking.device_counts(8) == [1, 2, 4, 8]
   assert benchmarking.device_counts(6) == [1, 2, 4, 6]

@@ -11,8 +11,9 @@ import os
 import pytest
 
 from configs import digits
-from mip_jax import checkpoints, paper
-from mip_jax.paper import cells, claims, experiments
+from mip_jax.runtime import checkpoints
+from mip_jax.studies import paper
+from mip_jax.studies.paper import cells, claims, experiments
 
 
 @pytest.fixture(scope='module')

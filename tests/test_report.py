@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from mip_jax import reference, report
+from mip_jax import reference
+from mip_jax.studies import report
 
 
 def _row(defense, attack_acc, conf_dist, attacker='none', **extra):

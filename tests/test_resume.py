@@ -2,7 +2,7 @@
 the middle of a decoder checkpoint's write and between LPA's temporary file and its rename, then
 rerun; its results.json equals an uninterrupted run's and nothing half-written is left behind.
 
-The kill points are `mip_jax.killpoints` markers, not sleeps: each process dies exactly there.
+The kill points are `mip_jax.runtime.killpoints` markers, not sleeps: each process dies exactly there.
 Every process shares one JAX persistent compilation cache, so only the uninterrupted run compiles
 (about 27 s of CPU here, then 2-6 s per killed or resumed process instead of 8-22 s).
 """
@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 
-from mip_jax import killpoints
+from mip_jax.runtime import killpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # In run order: mid classifier stage, mid decoder checkpoint write, crafted but not yet in place.

@@ -11,11 +11,13 @@ import optax
 import pytest
 
 from configs import digits
-from mip_jax import defenses, experiment, metrics, stages, train
+from mip_jax import defenses
 from mip_jax.defenses import bido, mid, purification
 from mip_jax.models import Classifier
 from mip_jax.models.feature_classifier import FeatureClassifier
 from mip_jax.models.vib_classifier import VIBClassifier
+from mip_jax.protocol import experiment, metrics, stages
+from mip_jax.runtime import train
 
 NAMES = ('mid', 'bido_coco', 'bido_hsic', 'purification')
 STAGES = {'mid': 'classifier_mid_beta0.01', 'bido_coco': 'classifier_bido_coco',

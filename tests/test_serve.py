@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from mip_jax import serving
-from mip_jax.defender import Defender
+from mip_jax.serving import server as serving
+from mip_jax.serving.defender import Defender
 from tests.test_defender import tiny_serving_config, trained_workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,8 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from mip_jax import loadgen
-from mip_jax.defender import Defender
+from mip_jax.serving import loadgen
+from mip_jax.serving.defender import Defender
 from tests.test_defender import tiny_serving_config, trained_workdir
 
 # Growth allowed between the warm server and the end of the test: allocator noise, not a leak (a

@@ -1,4 +1,4 @@
-"""The substitute decoder as its own configurable thing (config.substitute, mip_jax/substitute.py)."""
+"""The substitute decoder as its own configurable thing (config.substitute, mip_jax/protocol/substitute.py)."""
 
 import dataclasses
 import os
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from configs import digits
-from mip_jax import experiment, substitute
 from mip_jax.data import query_indices
 from mip_jax.models import make_decoder
+from mip_jax.protocol import experiment, substitute
 
 
 def num_params(variables) -> int:

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from mip_jax import checkpoints, train
+from mip_jax.runtime import checkpoints, train
 
 
 class Tiny(nn.Module):

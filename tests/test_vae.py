@@ -10,10 +10,12 @@ import optax
 import pytest
 
 from configs import digits
-from mip_jax import experiment, metrics, report, substitute, train
 from mip_jax.defenses import feasible, lpa, vae
 from mip_jax.models import make_decoder
 from mip_jax.models import vae as vae_model
+from mip_jax.protocol import experiment, metrics, substitute
+from mip_jax.runtime import train
+from mip_jax.studies import report
 
 
 def vectors(n: int, m: int = 5, seed: int = 0, max_scale: float = 200) -> np.ndarray:

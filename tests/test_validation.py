@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from configs import cifar10, digits, facescrub, fashion_mnist, mnist
-from mip_jax import defenses, validation
-from mip_jax.validation import ConfigError
+from mip_jax import defenses
+from mip_jax.protocol import validation
+from mip_jax.protocol.validation import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mip_jax import checkpoints, parallel, train
 from mip_jax.models.unet import UNet
+from mip_jax.runtime import checkpoints, parallel, train
 
 
 @dataclasses.dataclass(frozen=True)

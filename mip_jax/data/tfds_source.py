@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 import tensorflow_datasets as tfds
 
-from mip_jax import console
+from mip_jax.runtime import console
 
 # Public TFDS datasets we read (prepared elsewhere, copied here).
 PUBLIC_DATASETS = ('mnist', 'fashion_mnist', 'cifar10')

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mip_jax import parallel, substitute
 from mip_jax.defenses import feasible
+from mip_jax.protocol import substitute
+from mip_jax.runtime import parallel
 
 # Relative slack on the radius (float32 rounding), as in `feasible`.
 _SLACK = 1e-6

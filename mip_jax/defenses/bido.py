@@ -30,11 +30,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mip_jax import stages, train
 from mip_jax.data import data_fingerprint
 from mip_jax.defenses import mid
 from mip_jax.losses import hsic
 from mip_jax.models.feature_classifier import FeatureClassifier
+from mip_jax.protocol import stages
+from mip_jax.runtime import train
 
 MEASURES = ('coco', 'hsic')
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from mip_jax import killpoints, parallel
+from mip_jax.runtime import killpoints, parallel
 
 
 def cached(workdir: str, prefix: str, key: str, craft: Callable[[], dict]) -> np.ndarray:

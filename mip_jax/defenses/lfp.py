@@ -20,8 +20,9 @@ by about r (less with `swap`), as in the paper's Table I.
 
 import numpy as np
 
-from mip_jax import checkpoints, console, substitute
 from mip_jax.defenses import cache, lpa
+from mip_jax.protocol import substitute
+from mip_jax.runtime import checkpoints, console
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 

@@ -1,7 +1,7 @@
 """LPA: label-preserving poisoning of every served vector (the paper's Algorithm 1).
 
   1. A substitute decoder I_sub is trained on clean (T(x), x), x in the attacker's queries (a stage;
-     `mip_jax.substitute`, config.substitute).
+     `mip_jax.protocol.substitute`, config.substitute).
   2. The target gradient g_t = grad_theta -R(I_sub(T(x)), x) over private data, once.
   3. For each crafting batch of queries, R rounds of signed Adam on delta (optax: scale_by_sign then
      adam with a step schedule), minimising 1 - cos(g_t, g_p(P(c + delta))), where P is
@@ -26,10 +26,11 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from mip_jax import checkpoints, console, killpoints, parallel, substitute
 from mip_jax.defenses import cache, space
 from mip_jax.losses import alignment
-from mip_jax.substitute import decoder_loss_fn, train_substitute
+from mip_jax.protocol import substitute
+from mip_jax.protocol.substitute import decoder_loss_fn, train_substitute
+from mip_jax.runtime import checkpoints, console, killpoints, parallel
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)

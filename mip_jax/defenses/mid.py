@@ -20,10 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mip_jax import checkpoints, stages, train
 from mip_jax.data import data_fingerprint
 from mip_jax.losses import vib
 from mip_jax.models.vib_classifier import VIBClassifier
+from mip_jax.protocol import stages
+from mip_jax.runtime import checkpoints, train
 
 STAGE = 'classifier_mid'
 # The defense replaces the classifier: the private data's vectors an attacker inverts are apply()'s.

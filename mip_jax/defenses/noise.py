@@ -10,7 +10,7 @@ and a different batch of vectors gets different noise.
 
 import numpy as np
 
-from mip_jax import checkpoints
+from mip_jax.runtime import checkpoints
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 

@@ -26,12 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mip_jax import checkpoints, stages, train
-from mip_jax.data import data_fingerprint
 from mip_jax.attacks import transforms
+from mip_jax.data import data_fingerprint
 from mip_jax.losses import reconstruction
 from mip_jax.models import make_decoder
 from mip_jax.models.purifier import Purifier, purifier_widths
+from mip_jax.protocol import stages
+from mip_jax.runtime import checkpoints, train
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 

@@ -11,8 +11,8 @@ import functools
 import jax
 import numpy as np
 
-from mip_jax import parallel
 from mip_jax.defenses import space as _space
+from mip_jax.runtime import parallel
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)

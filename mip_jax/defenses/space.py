@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from mip_jax.defenses import feasible
-from mip_jax.row_keys import row_keys
+from mip_jax.runtime.row_keys import row_keys
 
 SPACES = ('prob', 'log')
 TINY = float(jnp.finfo(jnp.float32).tiny)  # smallest normal float32: XLA:CPU flushes subnormals

@@ -29,11 +29,12 @@ import numpy as np
 import optax
 from absl import logging
 
-from mip_jax import checkpoints, parallel, substitute, train
 from mip_jax.data import data_fingerprint
 from mip_jax.defenses import feasible, lpa
 from mip_jax.losses import alignment
 from mip_jax.models import vae as vae_model
+from mip_jax.protocol import substitute
+from mip_jax.runtime import checkpoints, parallel, train
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)

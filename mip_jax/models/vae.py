@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from mip_jax.defenses import feasible
-from mip_jax.row_keys import row_keys
+from mip_jax.runtime.row_keys import row_keys
 
 LOG_FLOOR = 1e-30
 _FEATURE_SCALE = -math.log(LOG_FLOOR)  # maps [log 1e-30, 0] onto [-1, 0]

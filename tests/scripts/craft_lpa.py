@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import digits
-from mip_jax import parallel, substitute
 from mip_jax.defenses import lpa
 from mip_jax.models import make_decoder
+from mip_jax.protocol import substitute
+from mip_jax.runtime import parallel
 
 
 def problem(mode: str):

@@ -21,7 +21,7 @@ import jax
 
 
 def main(task: str, out_dir: str, coordinator: str, num_processes: str, process_id: str):
-  from mip_jax import parallel
+  from mip_jax.runtime import parallel
   if int(num_processes) > 1:
     # A peer that never arrives fails the rendezvous within a minute instead of hanging.
     parallel.initialize(coordinator, int(num_processes), int(process_id), timeout_s=60)
@@ -36,8 +36,9 @@ def equality(out_dir: str):
   # all-reduce across processes sums in another order than one process's).
   jax.config.update('jax_enable_x64', True)
   import numpy as np
-  from mip_jax import checkpoints, parallel, stages, train
   from mip_jax.defenses import cache
+  from mip_jax.protocol import stages
+  from mip_jax.runtime import checkpoints, parallel, train
   from tests.scripts import craft_lpa
   # The paper's aggregate mode: one cosine over the batch-mean gradient, reduced across processes.
   c, model, variables, g_t, probs, images = craft_lpa.problem('aggregate')
@@ -62,7 +63,8 @@ def equality(out_dir: str):
 
 def experiment(out_dir: str, *, load_only: bool):
   from configs import digits
-  from mip_jax import experiment as protocol, train
+  from mip_jax.protocol import experiment as protocol
+  from mip_jax.runtime import train
   workdir = os.path.realpath(os.path.join(out_dir, 'run'))
   writes = []
 

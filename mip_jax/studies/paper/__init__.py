@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from mip_jax.paper import cells, claims, experiments, extras, render
+from mip_jax.studies.paper import cells, claims, experiments, extras, render
 
 EXPERIMENTS = tuple(experiments.CELL_EXPERIMENTS) + ('fig3', 'table8')
 
@@ -75,7 +75,7 @@ def _figures(name, spec, runner, workdir) -> list[str]:
     grid[title] = runner.reconstructions(cell)
   fname = {'table4': 'table4_fig5.png', 'table5': 'table5_fig6.png',
            'table6': 'table6_fig7.png'}[name]
-  from mip_jax import report
+  from mip_jax.studies import report
   report.save_reconstructions(os.path.join(workdir, fname), runner.figure_images(), grid)
   return [fname]
 

@@ -10,7 +10,7 @@ import dataclasses
 
 from mip_jax import defenses
 from mip_jax.attacks import adaptive
-from mip_jax.paper.cells import Cell
+from mip_jax.studies.paper.cells import Cell
 
 CONTROL = 'random'
 ZERO_ROBUST = ('floor', 'prob')

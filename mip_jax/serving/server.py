@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mip_jax.defender import DefenseError, check_images
+from mip_jax.serving.defender import DefenseError, check_images
 
 # Generous bytes per pixel value in a JSON body ("0.12345678901234567, "), for the body size limit.
 BYTES_PER_VALUE = 32
@@ -98,7 +98,7 @@ def _holds_bool(nested) -> bool:
 
 
 def make_app(defender, *, max_batch: int | None = None) -> Starlette:
-  """The Starlette app serving `defender` (a `mip_jax.defender.Defender`)."""
+  """The Starlette app serving `defender` (a `mip_jax.serving.defender.Defender`)."""
   max_batch = int(max_batch or defender.max_batch)
   body_limit = max_body_bytes(defender.image_shape, max_batch)
 

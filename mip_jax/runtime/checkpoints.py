@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mip_jax import killpoints
+from mip_jax.runtime import killpoints
 
 
 def fingerprint(cfg: Any) -> str:

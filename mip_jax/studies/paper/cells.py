@@ -23,7 +23,8 @@ import os
 import numpy as np
 from absl import logging
 
-from mip_jax import checkpoints, experiment, run_config
+from mip_jax.protocol import experiment, run_config
+from mip_jax.runtime import checkpoints
 
 CELLS_DIR = 'cells'
 # Where the data lives: the same cell wherever it was read from.

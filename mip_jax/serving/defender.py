@@ -31,8 +31,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from mip_jax import defenses, metrics, parallel, run_config, train
+from mip_jax import defenses
 from mip_jax.defenses import vae as vae_defense
+from mip_jax.protocol import metrics, run_config
+from mip_jax.runtime import parallel, train
 
 # Tolerances of the output checks (float32 vectors): entries in [-TOL, 1 + TOL], |sum - 1| <= m * TOL.
 TOL = 1e-4
@@ -207,7 +209,7 @@ class Defender:
       ValueError (unknown defense; ConfigMismatchError), FileNotFoundError (no classifier stage
       or no saved config in workdir), train.StageNotTrainedError, checkpoints.StageMismatchError.
     """
-    from mip_jax import experiment  # late import: experiment pulls in data loading
+    from mip_jax.protocol import experiment  # late import: experiment pulls in data loading
     module = defenses.get(defense)
     if not os.path.isdir(os.path.join(workdir, 'checkpoints', 'classifier')):
       raise FileNotFoundError(

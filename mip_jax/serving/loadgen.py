@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from mip_jax import metrics
+from mip_jax.protocol import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,10 +6,11 @@ import time
 
 import numpy as np
 
-from mip_jax import defenses, stages
+from mip_jax import defenses
 from mip_jax.attacks import transforms
 from mip_jax.defenses import lpa
-from mip_jax.paper import experiments, render
+from mip_jax.protocol import stages
+from mip_jax.studies.paper import experiments, render
 
 FIG3_POINTS = 300  # queries shown (t-SNE is quadratic in the points)
 

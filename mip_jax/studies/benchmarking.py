@@ -14,10 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mip_jax import parallel, stages, substitute, train
 from mip_jax.defenses import lpa
 from mip_jax.losses import alignment
 from mip_jax.models import make_decoder
+from mip_jax.protocol import stages, substitute
+from mip_jax.runtime import parallel, train
 
 
 def _median_ms(fn, *args, repeats: int, warmup: int = 2) -> float:

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mip_jax import checkpoints, train
 from mip_jax.losses import reconstruction
 from mip_jax.models import make_classifier, make_decoder
+from mip_jax.runtime import checkpoints, train
 
 
 # ---------------------------------------------------------------- classifiers

@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mip_jax import checkpoints, stages
 from mip_jax.attacks import transforms
 from mip_jax.data import data_fingerprint, query_indices
 from mip_jax.losses import reconstruction
+from mip_jax.protocol import stages
+from mip_jax.runtime import checkpoints
 
 # Fields of config.substitute that override the attacker's config.decoder when not None.
 DECODER_FIELDS = ('width', 'blocks', 'extra_blocks', 'loss', 'epochs', 'batch_size',

@@ -25,7 +25,9 @@ import os
 
 import numpy as np
 
-from mip_jax import experiment, parallel, report
+from mip_jax.protocol import experiment
+from mip_jax.runtime import parallel
+from mip_jax.studies import report
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,9 +16,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from mip_jax import console, defenses, metrics, parallel, report, run_config, stages, validation
+from mip_jax import defenses
 from mip_jax.attacks import adaptive, diffusion, transforms
 from mip_jax.data import Splits, data_fingerprint, load_splits, query_indices
+from mip_jax.protocol import metrics, run_config, stages, validation
+from mip_jax.runtime import console, parallel
+from mip_jax.studies import report
 
 
 @dataclasses.dataclass
@@ -78,7 +81,7 @@ def evaluate_defense(setup: Setup, name: str, *, attackers=None,
   `label` names the row and its attacker stages when one defense runs under several configs (the
   attribution table's `lpa (zero-free)`); default `name`. `cell` (a short key of the defense's
   settings) suffixes the attacker stages, so a sweep over a defense's settings in one workdir gives
-  each setting its own cached attacker (`mip_jax.paper`).
+  each setting its own cached attacker (`mip_jax.studies.paper`).
   """
   config, splits = setup.config, setup.splits
   label = label or name

@@ -10,7 +10,8 @@ matplotlib.use('Agg')  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mip_jax import parallel, reference  # noqa: E402
+from mip_jax import reference  # noqa: E402
+from mip_jax.runtime import parallel
 
 ROW_FIELDS = ('defense', 'model_acc', 'conf_dist', 'attack_acc', 'recon_error', 'label_flip_rate',
               'eps_eta')

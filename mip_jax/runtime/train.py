@@ -12,7 +12,7 @@ across processes; the state is replicated on every device, saved and restored by
 together (Orbax), and only process 0 shows the progress bar.
 
 Inside `with load_only():` (or with `fit(..., load_only=True)`) `fit` only loads: a stage without a
-finished checkpoint raises `StageNotTrainedError` instead of training. Serving (`mip_jax.defender`)
+finished checkpoint raises `StageNotTrainedError` instead of training. Serving (`mip_jax.serving.defender`)
 builds everything through the same stage functions as an experiment, under this context, so it can
 never start a training run by accident.
 """
@@ -30,8 +30,8 @@ from absl import logging
 from flax import struct
 from tqdm import tqdm
 
-from mip_jax import console, killpoints, parallel
-from mip_jax.checkpoints import StageCheckpoint
+from mip_jax.runtime import console, killpoints, parallel
+from mip_jax.runtime.checkpoints import StageCheckpoint
 
 
 class TrainState(struct.PyTreeNode):

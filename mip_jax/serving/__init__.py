@@ -1,0 +1,2 @@
+"""Deployment: `Defender` (a trained workdir -> defended predictions), the HTTP server, the load
+generator."""
