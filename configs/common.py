@@ -84,6 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.attack.floor = 1e-8                 # the zero-robust 'floor' attacker clamps probabilities here
                                         # before the log transform (an exact 0 is then just tiny)
   c.attack.data = 'all'                 # queries the attacker sends: 'all', 'half1', 'half2' (Table III)
+  # Early stopping of the attacker's decoder: hold out val_fraction of its own queries and stop once
+  # their loss has not improved for `patience` epochs (decoder.epochs is then the most); the best
+  # epoch is kept. None: decoder.epochs, as the paper's tables were run.
+  c.attack.patience = ml_collections.config_dict.placeholder(int)
+  c.attack.val_fraction = 0.1
 
   # The diffusion attacker (Table V, attacks/diffusion.py): a conditional DDPM with classifier-free
   # guidance, conditioned on the same transformed vectors as the decoder. Defaults: the single-file
@@ -163,6 +168,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.pgd.tau = 0.1                       # step = tau * eps per entry
   c.pgd.keep_label = True               # False: simplex and eps ball only (labels may flip)
   c.pgd.batch_size = 256
+  c.grad2 = ml_collections.ConfigDict()  # GRAD²-style coordinated redirection (defenses/grad2.py)
+  c.grad2.eps = 0.1                     # L1 budget: eps/2 of probability mass moved per vector
+  c.grad2.objective = 'decoy_class'     # the shared direction: LPA's g_t of this objective
+  c.grad2.batch_size = 256
+  c.am = ml_collections.ConfigDict()    # Adaptive Misinformation (defenses/misinformation.py)
+  c.am.threshold = 0.9                  # queries with max probability below it get misinformation
+  c.am.steepness = 100.0                # sigmoid slope of the gate (large: a hard threshold)
   c.poi_mse = ml_collections.ConfigDict()
   c.poi_mse.distance = 'mse'            # overrides of c.lpa for the Poi_MSE ablation (Table VII)
   # The `random` control: LPA's start (c.lpa.space, c.lpa.eps, its feasible map) and no optimisation.
@@ -210,6 +222,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.purification.epochs = 100
   c.purification.batch_size = 32
   c.purification.learning_rate = 1e-3
+
+  # The frontier (launch.frontier, mip_jax/studies/frontier.py): every defense over its knob against
+  # the attacker suite; `cheap` attackers on every setting, the whole `suite` on the front settings.
+  c.frontier = ml_collections.ConfigDict()
+  c.frontier.budgets = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)  # mean L2 conf. dist.
+  c.frontier.cheap = ('none', 'floor', 'label', 'topk@2', 'rank', 'floor:defended')
+  c.frontier.suite = ('prob', 'noise', 'softmax', 'topk@1', 'topk@3', 'topk@4', 'temp@0.5',
+                      'temp@2.0', 'drop', 'none:defended', 'label:defended', 'topk@2:defended',
+                      'rank:defended')
+  c.frontier.patience = 10              # attackers train until their validation loss stalls ...
+  c.frontier.max_epochs = 300           # ... for this many epochs, or this many in all
+  c.frontier.families = ('',)           # restrict to these families of the grid ('': all)
 
   # Metrics.
   c.eval = ml_collections.ConfigDict()

@@ -12,7 +12,7 @@ import os
 from absl import app, flags
 
 from launch import common
-from mip_jax.attacks import adaptive
+from mip_jax.attacks import suite
 from mip_jax.studies import attribution
 
 flags.mark_flags_as_required(['config'])
@@ -21,15 +21,15 @@ TABLE = flags.DEFINE_enum('table', 'attribution', list(attribution.TABLES),
 ROWS = flags.DEFINE_list('rows', None, "Only these rows of the table, by label (e.g. 'none,random "
                         "(zero-free),lpa (zero-free)'); default: all.")
 ATTACKERS = flags.DEFINE_list('attackers', list(attribution.ATTACKERS),
-                              'Attackers (columns): ' + ','.join(adaptive.ATTACKERS))
+                              'Attackers (columns), of the suite: ' + ','.join(suite.BASES))
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   for kind in ATTACKERS.value:
-    adaptive.check(kind)
-  from mip_jax.runtime import console  # noqa: late import keeps `--help` fast
+    suite.check(kind)
+  from mip_jax.runtime import console, parallel  # noqa: late import keeps `--help` fast
   common.join_cluster()
   config = common.CONFIG.value
   workdir = common.workdir_for(config)
@@ -39,7 +39,7 @@ def main(argv):
   rows = attribution.select(attribution.TABLES[TABLE.value], ROWS.value)
   result = attribution.run(config, workdir, seeds=seeds, rows=rows,
                            attackers=tuple(ATTACKERS.value), name=TABLE.value)
-  if common.is_main_process():
+  if parallel.is_main_process():
     print(result['table'])
     for path in (f'{TABLE.value}.md', f'{TABLE.value}.png', log_file):
       print(os.path.join(workdir, path))

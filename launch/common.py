@@ -71,29 +71,22 @@ def run_protocol(defenses, attackers=None) -> None:
   A missing dataset ends the process with its instructions and a non-zero exit code.
   """
   from mip_jax.data import DatasetNotFoundError
-  from mip_jax.protocol import experiment  # noqa: late import keeps `--help` fast
-  from mip_jax.runtime import console
+  from mip_jax.runtime import console, parallel  # noqa: late import keeps `--help` fast
+  from mip_jax.studies import compare
   join_cluster()
   config = CONFIG.value
   workdir = workdir_for(config)
   log_file = console.to_workdir(workdir)
   log_devices()
   try:
-    if SEEDS.value:
-      result = experiment.run_seeds(config, workdir, SEEDS.value, defenses_to_run=defenses,
-                                    attackers=attackers)
-    else:
-      result = experiment.run(config, workdir, defenses_to_run=defenses, attackers=attackers)
+    result = compare.run(config, workdir, defenses=defenses, attackers=attackers,
+                         seeds=SEEDS.value)
   except (DatasetNotFoundError, validation.ConfigError) as e:
     sys.exit(f'error: {e}')
-  if is_main_process():  # process 0 wrote the files; the others would print the same
+  if parallel.is_main_process():  # process 0 wrote the files; the others would print the same
     print(result['table'])
-    for name, path in [('results', 'results.md'), *experiment.FIGURES.items(), ('log', log_file)]:
+    for name, path in [('results', 'results.md'), *compare.FIGURES.items(), ('log', log_file)]:
       print(f'{name}: {os.path.join(workdir, path)}')
-
-
-def is_main_process() -> bool:
-  return jax.process_index() == 0
 
 
 def log_devices() -> None:

@@ -11,15 +11,15 @@ from absl import app, flags
 
 from launch import common
 from mip_jax import defenses
-from mip_jax.attacks import adaptive
+from mip_jax.attacks import suite
 
 flags.mark_flags_as_required(['config'])
 DEFENSES = flags.DEFINE_list('defenses', None, 'Defenses to compare (default: all): '
                              + ','.join(defenses.REGISTRY))
-ATTACKERS = flags.DEFINE_list('attackers', ['none'], "Attackers: the paper's 'none', the adaptive "
-                              "ones of Table X, the zero-robust ones and the diffusion ones of "
-                              "Table V (guidance config.diffusion.guidance, or w as diffusion@w): "
-                              + ','.join(adaptive.ATTACKERS))
+ATTACKERS = flags.DEFINE_list('attackers', ['none'], "Attackers of the suite (mip_jax/attacks/suite.py): "
+                              "the paper's 'none', " + ', '.join(suite.BASES) + " (topk@k, temp@T, "
+                              "diffusion@w take a parameter; any of them with ':defended' inverts the "
+                              "defended private vectors)")
 
 
 def main(argv):

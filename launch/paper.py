@@ -25,7 +25,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from mip_jax.data import DatasetNotFoundError
-  from mip_jax.runtime import console
+  from mip_jax.runtime import console, parallel
   from mip_jax.studies import paper  # noqa: late import keeps `--help` fast
   try:
     paper.check_name(EXPERIMENT.value)
@@ -40,7 +40,7 @@ def main(argv):
     result = paper.run(EXPERIMENT.value, config, workdir, seeds=common.SEEDS.value)
   except DatasetNotFoundError as e:
     sys.exit(f'error: {e}')
-  if common.is_main_process():
+  if parallel.is_main_process():
     print(result['markdown'])
     print(f'written to {workdir}: {", ".join(result["files"])}; log: {log_file}')
 

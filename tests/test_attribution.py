@@ -15,7 +15,7 @@ import optax
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mip_jax.attacks import adaptive, transforms
+from mip_jax.attacks import suite, transforms
 from mip_jax.defenses import lpa, random_control, space
 from mip_jax.protocol import metrics
 from tests.scripts import craft_lpa
@@ -86,14 +86,14 @@ def test_floor_attacker_reads_an_exact_zero_as_a_tiny_number():
   zero = np.asarray([[0.9, 0.1 - 1e-12, 1e-12, 0.0]], np.float32)
   tiny = np.asarray([[0.9, 0.1 - 1e-12, 1e-12, 1e-12]], np.float32)
   paper = lambda p: np.asarray(transforms.attacker_input(p, cfg))
-  floor = lambda p: np.asarray(transforms.attacker_input(p, adaptive.attack_config('floor', cfg)))
+  floor = lambda p: np.asarray(transforms.attacker_input(p, suite.parse('floor').attack_config(cfg)))
   assert metrics.input_shift(paper(tiny), paper(zero)) > 900   # the -1000 floor shifts the row
   np.testing.assert_allclose(floor(zero), floor(tiny))         # the floor attacker: no difference
-  prob = adaptive.attack_config('prob', cfg)
+  prob = suite.parse('prob').attack_config(cfg)
   assert prob.transform == 'prob' and cfg.transform == 'log'   # the paper's config is untouched
   np.testing.assert_allclose(np.asarray(transforms.attacker_input(zero, prob)), zero)
   with pytest.raises(ValueError, match='known: none, noise, softmax, floor, prob'):
-    adaptive.check('flor')
+    suite.check('flor')
 
 
 def test_diagnostics():

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from configs import digits
-from mip_jax.attacks import adaptive, diffusion
+from mip_jax.attacks import diffusion, suite
 from mip_jax.runtime import train
 from mip_jax.studies import paper
 from mip_jax.studies.paper import experiments
@@ -121,12 +121,12 @@ def test_sampling_is_deterministic_in_range_and_independent_of_the_batch(random_
 
 
 def test_attacker_names():
-  assert adaptive.split_guidance('diffusion_floor@2') == ('diffusion_floor', 2.0)
-  assert adaptive.attack_config('diffusion_floor@2', digits.get_config().attack).transform == 'floor'
-  assert adaptive.is_diffusion('diffusion') and not adaptive.is_diffusion('floor')
+  assert suite.split_guidance('diffusion_floor@2') == ('diffusion_floor', 2.0)
+  assert suite.parse('diffusion_floor@2').attack_config(digits.get_config().attack).transform == 'floor'
+  assert suite.is_diffusion('diffusion') and not suite.is_diffusion('floor')
   for bad in ('noise@1', 'diffusion@x', 'diffusion@-1'):
     with pytest.raises(ValueError, match='diffusion@w'):
-      adaptive.check(bad)
+      suite.check(bad)
 
 
 def test_table5_on_tiny_writes_its_rows(tmp_path, data_dir, monkeypatch):

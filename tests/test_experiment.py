@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ import pytest
 
 from mip_jax import defenses
 from mip_jax.protocol import experiment, run_config, stages
+from mip_jax.studies import aggregate, compare, engine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +25,7 @@ def launch(*args, timeout=120):
 
 def test_tiny_run_writes_sane_results_and_reuses_stages(tiny_config, tmp_path, monkeypatch):
   workdir = str(tmp_path / 'run')
-  result = experiment.run(tiny_config, workdir)
+  result = compare.run(tiny_config, workdir)
   doc = json.load(open(os.path.join(workdir, 'results.json')))
   assert doc['dataset'] == 'digits' and doc['config']['decoder']['width'] == 8
   (row,) = doc['rows']
@@ -37,20 +39,24 @@ def test_tiny_run_writes_sane_results_and_reuses_stages(tiny_config, tmp_path, m
   assert os.path.getsize(os.path.join(workdir, 'figures', 'reconstructions.png')) > 1000
   assert os.path.getsize(os.path.join(workdir, 'figures', 'tradeoff.png')) > 1000
   assert run_config.differences(run_config.load(workdir).to_dict(), tiny_config.to_dict()) == []
-  for stage in ('classifier', 'eval_classifier', 'attacker_none'):
-    assert os.path.isdir(os.path.join(workdir, 'checkpoints', stage))
+  stages_dir = os.listdir(os.path.join(workdir, 'checkpoints'))
+  assert {'classifier', 'eval_classifier'} <= set(stages_dir)
+  assert len([s for s in stages_dir if s.startswith('attacker_none_')]) == 1
+  assert result['rows'][0] == json.load(open(os.path.join(workdir, engine.CELLS_DIR, next(
+      f for f in os.listdir(os.path.join(workdir, engine.CELLS_DIR)) if f.endswith('_none.json')))))
 
-  # A rerun loads every stage: no training step may run.
+  # A rerun without the saved cells loads every stage: no training step may run.
+  shutil.rmtree(os.path.join(workdir, engine.CELLS_DIR))
   monkeypatch.setattr(stages, 'classifier_step', None)
   monkeypatch.setattr(stages, 'decoder_step', None)
-  again = experiment.run(tiny_config, workdir)
+  again = compare.run(tiny_config, workdir)
   assert again['rows'][0]['recon_error'] == pytest.approx(row['recon_error'], abs=1e-6)
   assert again['rows'][0]['attack_acc'] == row['attack_acc']
 
 
 def test_unknown_defense_fails_before_training(tiny_config, tmp_path):
   with pytest.raises(ValueError, match='known defenses.*none'):
-    experiment.run(tiny_config, str(tmp_path), defenses_to_run=('none', 'magic'))
+    compare.run(tiny_config, str(tmp_path), defenses=('none', 'magic'))
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
@@ -111,17 +117,19 @@ def _row(defense, acc, err):
 
 def test_mean_rows_averages_fields_and_curves():
   from mip_jax.studies import report
-  rows = report.mean_rows([[_row('none', 0.8, 0.2)], [_row('none', 0.6, 0.4)]])
+  rows = aggregate.mean_rows([[_row('none', 0.8, 0.2)], [_row('none', 0.6, 0.4)]])
   (r,) = rows
   assert r['attack_acc'] == pytest.approx(0.7) and r['attack_acc_std'] == pytest.approx(0.1)
+  assert r['attack_acc_seeds'] == [0.8, 0.6]
   assert r['eps_eta'] == [[0.0, 1.0], [0.1, pytest.approx(0.3)]]
+  assert r['eps_eta_std'] == [0.0, pytest.approx(0.1)]
   assert '70.00% ± 10.00' in report.markdown_table('digits', rows)
   with pytest.raises(ValueError, match='differ'):
-    report.mean_rows([[_row('none', 0.8, 0.2)], [_row('lpa', 0.6, 0.4)]])
+    aggregate.mean_rows([[_row('none', 0.8, 0.2)], [_row('lpa', 0.6, 0.4)]])
 
 
 def test_run_seeds_writes_per_seed_runs_and_their_mean(tiny_config, tmp_path):
-  result = experiment.run_seeds(tiny_config, str(tmp_path), [0, 1])
+  result = compare.run(tiny_config, str(tmp_path), seeds=[0, 1])
   doc = json.load(open(tmp_path / 'results.json'))
   assert doc['seeds'] == [0, 1]
   per_seed = [json.load(open(tmp_path / f'seed_{s}' / 'results.json')) for s in (0, 1)]

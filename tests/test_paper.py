@@ -13,7 +13,8 @@ import pytest
 from configs import digits
 from mip_jax.runtime import checkpoints
 from mip_jax.studies import paper
-from mip_jax.studies.paper import cells, claims, experiments
+from mip_jax.studies import engine as cells
+from mip_jax.studies.paper import claims, experiments
 
 
 @pytest.fixture(scope='module')

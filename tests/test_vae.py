@@ -15,7 +15,7 @@ from mip_jax.models import make_decoder
 from mip_jax.models import vae as vae_model
 from mip_jax.protocol import experiment, metrics, substitute
 from mip_jax.runtime import train
-from mip_jax.studies import report
+from mip_jax.studies import compare, report
 
 
 def vectors(n: int, m: int = 5, seed: int = 0, max_scale: float = 200) -> np.ndarray:
@@ -197,7 +197,7 @@ def test_bad_vae_config_is_rejected():
 
 def test_tiny_run_with_lpa_and_vae_writes_table_ix_and_reuses_the_stage(tiny_config, tmp_path):
   workdir = str(tmp_path / 'run')
-  result = experiment.run(tiny_config, workdir, defenses_to_run=('lpa', 'vae'))
+  result = compare.run(tiny_config, workdir, defenses=('lpa', 'vae'))
   rows = {r['defense']: r for r in result['rows']}
   assert rows['vae']['label_flip_rate'] == 0.0
   assert 0.0 < rows['vae']['conf_dist'] <= tiny_config.vae.eps * (1 + 1e-5)

@@ -35,7 +35,7 @@ from mip_jax.defenses import mid
 from mip_jax.losses import hsic
 from mip_jax.models.feature_classifier import FeatureClassifier
 from mip_jax.protocol import stages
-from mip_jax.runtime import train
+from mip_jax.runtime import keys, train
 
 MEASURES = ('coco', 'hsic')
 
@@ -153,7 +153,7 @@ class BiDO:
                 'kernel_y': cfg.kernel_y, 'eps': float(cfg.eps) if measure == 'hsic' else None}
     return stages.train_classifier(
         section, data.images, data.labels, m, workdir=setup.workdir, stage=self.stage,
-        seed=config.seed, mesh=setup.mesh, model=model, step=step,
+        seed=keys.stage_seed(config.seed, 'bido'), mesh=setup.mesh, model=model, step=step,
         fingerprint_extra=['bido', settings, data_fingerprint(config)])
 
   def fit(self, setup) -> dict:

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from mip_jax.runtime import killpoints, parallel
+from mip_jax.runtime import files
 
 
 def cached(workdir: str, prefix: str, key: str, craft: Callable[[], dict]) -> np.ndarray:
@@ -29,15 +29,10 @@ def cached(workdir: str, prefix: str, key: str, craft: Callable[[], dict]) -> np
 
 
 def save_arrays(path: str, arrays: dict, prefix: str = '') -> None:
-  """Saves `arrays` to `path` (.npz), tmp then rename, by process 0 only; all processes wait for it.
+  """Saves `arrays` to `path` (.npz), whole, by process 0 only; all processes wait for it.
 
   With several JAX processes every one crafted the same vectors: one writes, and the barrier keeps a
-  later `cached` check from seeing the file in one process and not in another.
+  later `cached` check from seeing the file in one process and not in another. Resume tests kill
+  the run at `<prefix>:write`, between the temporary file and its rename.
   """
-  def write():
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + '.tmp.npz'
-    np.savez(tmp, **arrays)
-    killpoints.reached(f'{prefix}:write')  # resume tests kill here: a tmp file, no final one
-    os.replace(tmp, path)
-  parallel.on_main_process(write, path)
+  files.write_npz(path, arrays, killpoint=f'{prefix}:write')

@@ -20,7 +20,7 @@ by about r (less with `swap`), as in the paper's Table I.
 
 import numpy as np
 
-from mip_jax.defenses import cache, lpa
+from mip_jax.defenses import cache, lpa, space
 from mip_jax.protocol import substitute
 from mip_jax.runtime import checkpoints, console
 
@@ -111,7 +111,8 @@ def fit(setup) -> dict:
   config = setup.config
   cfg = config.lfp
   check_config(cfg)
-  state = {'cfg': cfg, 'seed': config.seed, 'workdir': setup.workdir, 'crafter': None}
+  state = {'cfg': cfg, 'seed': space.crafting_seed(config), 'workdir': setup.workdir,
+           'crafter': None}
   if cfg.steps > 0 and cfg.eps > 0 and cfg.budget > 0:
     model, variables = substitute.train_substitute(setup)
     loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'],

@@ -243,7 +243,7 @@ def ensemble_members(setup, cfg=None) -> list[tuple]:
       width = substitute.decoder_section(config).width
       section.width = max(1, int(width * (1.0, 0.5, 2.0)[k % 3]))
       section.extra_blocks = k % 2
-    seed = config.seed + substitute.SEED_OFFSET + 1000 * k
+    seed = substitute.default_seed(config, k)
     model, variables = train_substitute(setup, section, seed=seed)
     loss_fn = decoder_loss_fn(model, variables['batch_stats'], substitute.attack_config(config),
                               cfg.loss, cfg.batchnorm)
@@ -286,7 +286,7 @@ def fit(setup) -> dict:
   members = ensemble_members(setup)
   crafter = Crafter(members=members, config=setup.config, mesh=setup.mesh)
   variables, g_t = [m[1] for m in members], [m[2] for m in members]
-  return {'crafter': crafter, 'workdir': setup.workdir, 'seed': setup.config.seed,
+  return {'crafter': crafter, 'workdir': setup.workdir, 'seed': space.crafting_seed(setup.config),
           'tag': cache_tag(setup.config, setup.config.lpa, variables, g_t)}
 
 

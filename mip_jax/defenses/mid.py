@@ -24,7 +24,7 @@ from mip_jax.data import data_fingerprint
 from mip_jax.losses import vib
 from mip_jax.models.vib_classifier import VIBClassifier
 from mip_jax.protocol import stages
-from mip_jax.runtime import checkpoints, train
+from mip_jax.runtime import checkpoints, keys, train
 
 STAGE = 'classifier_mid'
 # The defense replaces the classifier: the private data's vectors an attacker inverts are apply()'s.
@@ -84,7 +84,7 @@ def train_mid(setup):
   m = setup.splits.num_private_classes
   return stages.train_classifier(
       config.classifier, data.images, data.labels, m, workdir=setup.workdir, stage=stage_name(beta),
-      seed=config.seed, mesh=setup.mesh, model=make_model(config, m),
+      seed=keys.stage_seed(config.seed, 'mid'), mesh=setup.mesh, model=make_model(config, m),
       step=lambda s, b, r, model: mid_step(s, b, r, model=model, beta=beta),
       fingerprint_extra=['mid', {'beta': beta}, data_fingerprint(config)])
 
@@ -93,7 +93,8 @@ def fit(setup) -> dict:
   """Trains (or loads) the MID classifier."""
   model, variables = train_mid(setup)
   return {'model': model, 'variables': variables, 'num_classes': setup.splits.num_private_classes,
-          'sample': bool(setup.config.mid.sample_at_eval), 'seed': setup.config.seed}
+          'sample': bool(setup.config.mid.sample_at_eval),
+          'seed': keys.stage_seed(setup.config.seed, 'mid')}
 
 
 def check_queries(probs, images, num_classes: int, name: str) -> None:

@@ -10,7 +10,7 @@ and a different batch of vectors gets different noise.
 
 import numpy as np
 
-from mip_jax.runtime import checkpoints
+from mip_jax.runtime import checkpoints, keys
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 
@@ -21,7 +21,7 @@ def fit(setup) -> dict:
   if not scale > 0:
     raise ValueError(f'noise.scale is the standard deviation of the noise and must be > 0; '
                      f'got {scale}')
-  return {'scale': float(scale), 'seed': setup.config.seed}
+  return {'scale': float(scale), 'seed': keys.stage_seed(setup.config.seed, 'noise')}
 
 
 def gaussian_noise(probs: np.ndarray, *, scale: float, rng: np.random.Generator) -> np.ndarray:

@@ -19,6 +19,7 @@ Deterministic given config.seed and the vectors.
 import numpy as np
 
 from mip_jax.defenses import noise
+from mip_jax.runtime import keys
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 
@@ -29,7 +30,8 @@ def fit(setup) -> dict:
   if not cfg.epsilon > 0 or not cfg.sensitivity > 0:
     raise ValueError(f'onepara.epsilon (privacy budget) and onepara.sensitivity must be > 0; '
                      f'got {cfg.epsilon} and {cfg.sensitivity}')
-  return {'scale': float(cfg.sensitivity / cfg.epsilon), 'seed': setup.config.seed}
+  return {'scale': float(cfg.sensitivity / cfg.epsilon),
+          'seed': keys.stage_seed(setup.config.seed, 'onepara')}
 
 
 def rank_kept_laplace(probs: np.ndarray, *, scale: float, rng: np.random.Generator) -> np.ndarray:

@@ -6,11 +6,15 @@ A defense is a module (or an object, like `bido.COCO`) with:
                                retrained one, so its own outputs on private data are what an
                                attacker inverts; False for post-processing units
   LABEL_PRESERVING: bool       optional (default False): True where every served vector keeps the
-                               clean argmax by construction; `experiment` then takes model accuracy
-                               from the clean vectors instead of defending the private test set
+                               clean argmax by construction; `experiment` fails a run in which a
+                               served label changed anyway
   fit(setup) -> state          train / craft what it needs (cached stages of setup.workdir)
   apply(state, probs, *, images=None) -> defended vectors [N, m] for clean vectors `probs` [N, m]
                                of `images` (those that need the queried images raise without them)
+  looks_defended(state, probs) -> [N] bool
+                               optional: which served vectors carry the defense's signature, as an
+                               attacker who knows the algorithm (not its secrets) can tell from the
+                               vectors alone; the `drop` attacker trains on the others only
 """
 
 from typing import Any, Protocol, runtime_checkable

@@ -32,7 +32,7 @@ from mip_jax.losses import reconstruction
 from mip_jax.models import make_decoder
 from mip_jax.models.purifier import Purifier, purifier_widths
 from mip_jax.protocol import stages
-from mip_jax.runtime import checkpoints, train
+from mip_jax.runtime import checkpoints, keys, train
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 
@@ -117,7 +117,7 @@ def train_purifier(setup):
   probs, images = reference_data(setup)
   m = probs.shape[1]
   adversarial = bool(cfg.adversarial)
-  seed = config.seed + 4
+  seed = keys.stage_seed(config.seed, 'purification')
   purifier = Purifier(num_classes=m, widths=purifier_widths(m, cfg.width_factors))
   k_pur, k_inv = jax.random.split(jax.random.key(seed))
   pur_vars = purifier.init(k_pur, probs[:1], train=False)

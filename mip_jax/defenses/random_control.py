@@ -26,7 +26,7 @@ def fit(setup) -> dict:
     raise ValueError(f'lpa.eps is the L2 radius of the perturbation and must be > 0; got {cfg.eps}')
   where = dict(space=cfg.space, log_bound=cfg.log_bound)
   fn = jax.jit(functools.partial(random_vectors, eps=cfg.eps, **where))
-  return {'fn': fn, 'batch_size': cfg.batch_size, 'seed': setup.config.seed}
+  return {'fn': fn, 'batch_size': cfg.batch_size, 'seed': _space.crafting_seed(setup.config)}
 
 
 def random_vectors(c, key, *, eps, space: str, log_bound: float):

@@ -18,10 +18,17 @@ import jax
 import jax.numpy as jnp
 
 from mip_jax.defenses import feasible
+from mip_jax.runtime import keys
 from mip_jax.runtime.row_keys import row_keys
 
 SPACES = ('prob', 'log')
 TINY = float(jnp.finfo(jnp.float32).tiny)  # smallest normal float32: XLA:CPU flushes subnormals
+
+
+def crafting_seed(config) -> int:
+  """The key of LPA's random starts, shared by LPA, its `random` control and LFP: the control is
+  LPA's first restart unoptimised only when both draw from the same key."""
+  return keys.stage_seed(config.seed, 'lpa')
 
 
 def check(space: str) -> str:

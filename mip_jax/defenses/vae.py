@@ -34,7 +34,7 @@ from mip_jax.defenses import feasible, lpa
 from mip_jax.losses import alignment
 from mip_jax.models import vae as vae_model
 from mip_jax.protocol import substitute
-from mip_jax.runtime import checkpoints, parallel, train
+from mip_jax.runtime import checkpoints, keys, parallel, train
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)
@@ -158,9 +158,10 @@ def fit(setup) -> dict:
                                        substitute.attack_config(config), config.lpa.loss)
   model, params = train_generator(
       config, clean, targets, images, loss_fn=loss_fn, sub_params=sub_vars['params'],
-      target_grad=lpa_state['crafter'].target_grad, workdir=setup.workdir, seed=config.seed + 5,
+      target_grad=lpa_state['crafter'].target_grad, workdir=setup.workdir,
+      seed=keys.stage_seed(config.seed, 'vae'),
       mesh=setup.mesh, fingerprint_extra=['vae', data_fingerprint(config)])
-  return make_state(model, params, config.vae.eps, seed=config.seed + 6)
+  return make_state(model, params, config.vae.eps, seed=keys.stage_seed(config.seed, 'vae_serving'))
 
 
 def make_state(model, params, eps: float, *, seed: int) -> dict:

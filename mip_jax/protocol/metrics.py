@@ -66,3 +66,44 @@ def eps_eta_curve(errors: np.ndarray, eps_grid) -> list[list[float]]:
   """[[eps, fraction of errors > eps], ...]: a defense is better when the curve lies higher."""
   errors = np.asarray(errors)
   return [[float(e), float(np.mean(errors > e))] for e in eps_grid]
+
+
+def confidence_distortion_l1(defended: np.ndarray, clean: np.ndarray) -> float:
+  """Mean L1 distance between defended and clean vectors (twice the probability mass moved)."""
+  return float(np.mean(np.abs(np.asarray(defended, np.float64) - clean).sum(axis=1)))
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, *, bins: int = 15) -> float:
+  """ECE of served vectors: 15 equal-width bins of the top probability (the common choice), the
+  gap |accuracy - mean confidence| of each bin weighted by its share of the vectors."""
+  probs = np.asarray(probs, np.float64)
+  conf = probs.max(axis=1)
+  correct = (np.argmax(probs, axis=1) == np.asarray(labels)).astype(np.float64)
+  # Bin b holds confidences in (b/bins, (b+1)/bins]; a confidence of exactly 0 joins the first bin.
+  which = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
+  ece = 0.0
+  for b in range(bins):
+    mask = which == b
+    if mask.any():
+      ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
+  return float(ece)
+
+
+def knn_feature_distance(recon_features: np.ndarray, labels: np.ndarray,
+                         private_features: np.ndarray, private_labels: np.ndarray) -> float:
+  """Mean over reconstructions of the L2 distance from its features to the nearest private training
+  image of its true class (GMI, KED-MI, PLG-MI's 'KNN Dist'): lower means closer to real members of
+  the class. Features are the evaluation classifier's penultimate activations."""
+  recon_features = np.asarray(recon_features, np.float64)
+  private_features = np.asarray(private_features, np.float64)
+  labels, private_labels = np.asarray(labels), np.asarray(private_labels)
+  dists = np.empty(len(recon_features))
+  for k in np.unique(labels):
+    mine = labels == k
+    theirs = private_features[private_labels == k]
+    if not len(theirs):
+      raise ValueError(f'no private training image of class {k} to measure the KNN distance to')
+    sq = (np.sum(recon_features[mine] ** 2, 1)[:, None] + np.sum(theirs ** 2, 1)[None, :]
+          - 2 * recon_features[mine] @ theirs.T)
+    dists[mine] = np.sqrt(np.maximum(sq.min(axis=1), 0.0))
+  return float(dists.mean())

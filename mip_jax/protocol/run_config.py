@@ -1,6 +1,6 @@
 """A workdir remembers the config it was trained with: `<workdir>/config.json`.
 
-  run_config.save(workdir, config)            # experiment.run, before any stage trains
+  run_config.save(workdir, config)            # studies.compare, before any stage trains
   config = run_config.load(workdir)           # serve / benchmark / Defender without --config
   run_config.check_matches(workdir, config)   # a given --config must be the trained one
 
@@ -17,6 +17,8 @@ import os
 from absl import logging
 import ml_collections
 
+from mip_jax.runtime import files
+
 CONFIG_FILE = 'config.json'
 # Top-level fields and sections free to differ between training and later use of a workdir.
 IGNORED = ('data_dir', 'manual_dir', 'serve', 'eval')
@@ -27,13 +29,9 @@ class ConfigMismatchError(ValueError):
 
 
 def save(workdir: str, config: ml_collections.ConfigDict) -> str:
-  """Writes `config` to `<workdir>/config.json` (write-then-rename); returns the path."""
-  os.makedirs(workdir, exist_ok=True)
+  """Writes `config` to `<workdir>/config.json` (whole, by process 0); returns the path."""
   path = os.path.join(workdir, CONFIG_FILE)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json(indent=2, sort_keys=True) + '\n')
-  os.replace(tmp, path)
+  files.write_text(path, config.to_json(indent=2, sort_keys=True) + '\n')
   return path
 
 

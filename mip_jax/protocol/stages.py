@@ -4,6 +4,7 @@ Every stage is a pure step function plus `train.fit`; the functions here build t
 config, train it (or load it from `<workdir>/checkpoints/<stage>`) and return `(model, variables)`.
 """
 
+import functools
 from typing import Any
 
 import jax
@@ -13,7 +14,7 @@ import optax
 
 from mip_jax.losses import reconstruction
 from mip_jax.models import make_classifier, make_decoder
-from mip_jax.runtime import checkpoints, train
+from mip_jax.runtime import checkpoints, parallel, train
 
 
 # ---------------------------------------------------------------- classifiers
@@ -60,19 +61,48 @@ def train_classifier(section, images: np.ndarray, labels: np.ndarray, num_classe
   ckpt = checkpoints.StageCheckpoint(
       workdir, stage, checkpoints.fingerprint([section.to_dict(), seed, fingerprint_extra,
                                           checkpoints.array_fingerprint(labels)]))
-  step_fn = step or classifier_step
-  step = lambda s, b, r: step_fn(s, b, r, model=model)
-  state = train.fit(state, step, (images, labels), epochs=section.epochs,
+  state = train.fit(state, train.Step(step or classifier_step, model=model), (images, labels), epochs=section.epochs,
                     batch_size=section.batch_size, seed=seed, checkpoint=ckpt, mesh=mesh, desc=stage)
   ckpt.close()
   return model, jax.device_get(state.variables)
 
 
+@functools.partial(jax.jit, static_argnames='model')
+def _probs(variables, images, *, model):
+  return jax.nn.softmax(model.apply(variables, images, train=False), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames='model')
+def _features(variables, images, *, model):
+  """The classifier's penultimate activations (the hidden Dense layer's output, `fc_hidden`)."""
+  _, state = model.apply(variables, images, train=False, capture_intermediates=lambda m, _: (
+      m.name == 'fc_hidden'), mutable=['intermediates'])
+  return state['intermediates']['fc_hidden']['__call__'][0]
+
+
+@functools.partial(jax.jit, static_argnames='model')
+def _decode(variables, inputs, *, model):
+  return model.apply(variables, inputs, train=False)
+
+
+def batched(fn, model, variables, arrays: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
+  """`fn(variables, batch, model=model)` over `arrays` in batches of one shape (the last padded),
+  so a jitted forward pass compiles once per model and batch size."""
+  variables = jax.device_put(variables)
+  out = [np.asarray(fn(variables, batch, model=model))[:n]
+         for _, n, (batch, _) in parallel.padded_batches((arrays,), batch_size,
+                                                         pad_to=lambda n: batch_size)]
+  return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
 def predict_probs(model, variables, images: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
   """Softmax confidence vectors of a classifier in eval mode, batched; float32 [N, m]."""
-  fn = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x, train=False), axis=-1))
-  return np.concatenate([np.asarray(fn(variables, images[i:i + batch_size]))
-                         for i in range(0, len(images), batch_size)])
+  return batched(_probs, model, variables, images, batch_size=min(batch_size, len(images)))
+
+
+def features(model, variables, images: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
+  """A classifier's penultimate features (eval mode) of `images`, batched; [N, hidden]."""
+  return batched(_features, model, variables, images, batch_size=min(batch_size, len(images)))
 
 
 # ---------------------------------------------------------------- inversion decoders
@@ -97,7 +127,8 @@ def decoder_optimizer(dec_cfg) -> optax.GradientTransformation:
 
 
 def train_decoder(config, inputs: np.ndarray, images: np.ndarray, *, workdir: str, stage: str,
-                  seed: int, mesh=None, fingerprint_extra: Any = None, section=None):
+                  seed: int, mesh=None, fingerprint_extra: Any = None, section=None,
+                  patience: int | None = None, val_fraction: float = 0.1):
   """Trains (or loads) an inversion decoder on (transformed vectors, images) pairs.
 
   `section` is the decoder's config section (architecture, loss, optimiser, epochs): config.decoder
@@ -106,23 +137,67 @@ def train_decoder(config, inputs: np.ndarray, images: np.ndarray, *, workdir: st
   on other vectors (another defense, another transform); config.attack is left out on purpose, since
   its fields that matter reach the inputs and the others (reconstruct_from, the adaptive attacker of
   another row) must not force a retrain. `fingerprint_extra` adds anything else.
+  `patience`: hold out `val_fraction` of the pairs (a fixed draw of `seed`) and stop once their loss
+  has not improved for that many epochs (`section.epochs` is then the most); the best epoch is kept.
   """
   dec = config.decoder if section is None else section
   num_classes = inputs.shape[-1]
   model = make_decoder(config, num_classes, section=dec)
   variables = model.init(jax.random.key(seed), inputs[:1], train=False)
   state = train.TrainState.create(variables=variables, tx=decoder_optimizer(dec))
-  ckpt = checkpoints.StageCheckpoint(workdir, stage, checkpoints.fingerprint(
-      [dec.to_dict(), seed, fingerprint_extra, checkpoints.array_fingerprint(inputs)]))
-  step = lambda s, b, r: decoder_step(s, b, r, model=model, loss=dec.loss)
-  state = train.fit(state, step, (inputs, images), epochs=dec.epochs, batch_size=dec.batch_size,
-                    seed=seed, checkpoint=ckpt, mesh=mesh, desc=stage)
+  early = None
+  key = [dec.to_dict(), seed, fingerprint_extra, checkpoints.array_fingerprint(inputs)]
+  if patience is not None:
+    train_idx, val_idx = holdout(len(inputs), val_fraction, seed=seed)
+    val = (jax.device_put(inputs[val_idx]), jax.device_put(images[val_idx]))
+    early = train.EarlyStopping(
+        validate=lambda s: float(_val_loss(s.variables, *val, model=model, loss=dec.loss)),
+        patience=int(patience))
+    inputs, images = inputs[train_idx], images[train_idx]
+    key.append({'patience': int(patience), 'val_fraction': float(val_fraction)})
+  ckpt = checkpoints.StageCheckpoint(workdir, stage, checkpoints.fingerprint(key))
+  state = train.fit(state, train.Step(decoder_step, model=model, loss=dec.loss), (inputs, images),
+                    epochs=dec.epochs, batch_size=dec.batch_size, seed=seed, checkpoint=ckpt,
+                    mesh=mesh, desc=stage, early_stopping=early)
   ckpt.close()
   return model, jax.device_get(state.variables)
 
 
+def holdout(n: int, fraction: float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(train, validation) indices: a fixed `fraction` of n held out, drawn from `seed`."""
+  if not 0 < fraction < 1:
+    raise ValueError(f'the held-out fraction must lie in (0, 1), got {fraction}')
+  perm = np.random.default_rng([int(seed), n]).permutation(n)
+  n_val = max(1, int(round(fraction * n)))
+  return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'loss'))
+def _val_loss(variables, inputs, images, *, model, loss: str):
+  return reconstruction.get_loss(loss)(model.apply(variables, inputs, train=False), images)
+
+
+def content_key(*parts) -> str:
+  """A short hash of `parts` (arrays by their values): names a stage by what it learns from."""
+  return checkpoints.fingerprint([checkpoints.array_fingerprint(p) if isinstance(p, np.ndarray)
+                                  else p for p in parts])[:10]
+
+
+def train_attacker(config, inputs: np.ndarray, images: np.ndarray, *, workdir: str, tag: str,
+                   seed: int, mesh=None, fingerprint_extra: Any = None):
+  """The attacker's decoder (config.decoder) on (inputs, images): a stage named by what it learns
+  from, `attacker_<tag>_<hash>`, so two cells whose attackers see the same inputs (the `label`
+  attacker behind any label-preserving defense) share one trained decoder. Early stopping as
+  config.attack.patience / val_fraction say (None: config.decoder.epochs, the paper's)."""
+  attack = config.attack
+  patience = attack.get('patience')
+  stage = f'attacker_{tag}_' + content_key(config.decoder.to_dict(), seed, fingerprint_extra, inputs,
+                                           images, patience, attack.get('val_fraction'))
+  return stage, train_decoder(config, inputs, images, workdir=workdir, stage=stage, seed=seed,
+                              mesh=mesh, fingerprint_extra=fingerprint_extra, patience=patience,
+                              val_fraction=attack.get('val_fraction', 0.1))
+
+
 def reconstruct(model, variables, inputs: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
   """Decoder outputs (eval mode) for attacker inputs, batched."""
-  fn = jax.jit(lambda v, z: model.apply(v, z, train=False))
-  return np.concatenate([np.asarray(fn(variables, inputs[i:i + batch_size]))
-                         for i in range(0, len(inputs), batch_size)])
+  return batched(_decode, model, variables, inputs, batch_size=min(batch_size, len(inputs)))

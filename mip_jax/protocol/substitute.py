@@ -23,12 +23,11 @@ from mip_jax.attacks import transforms
 from mip_jax.data import data_fingerprint, query_indices
 from mip_jax.losses import reconstruction
 from mip_jax.protocol import stages
-from mip_jax.runtime import checkpoints
+from mip_jax.runtime import checkpoints, keys
 
 # Fields of config.substitute that override the attacker's config.decoder when not None.
 DECODER_FIELDS = ('width', 'blocks', 'extra_blocks', 'loss', 'epochs', 'batch_size',
                   'learning_rate')
-SEED_OFFSET = 3  # default substitute seed: config.seed + 3 (classifier +0, evaluator +1, attacker +2)
 
 
 def decoder_section(config, section=None) -> ml_collections.ConfigDict:
@@ -60,12 +59,17 @@ def attack_config(config, section=None) -> ml_collections.ConfigDict:
   return cfg
 
 
+def default_seed(config, member: int = 0) -> int:
+  """The seed of the defender's substitute (`member` k > 0: the k-th extra member of an ensemble)."""
+  return keys.stage_seed(config.seed, 'substitute' if member == 0 else f'substitute:{member}')
+
+
 def stage_name(config, section=None, seed: int | None = None) -> str:
   """'substitute_<hash>' of what defines I_sub (resolved architecture, loss, training, data, seed):
   equal substitutes share a stage whichever cell asks for them, different ones never clash, so
   several substitutes (the cells of Tables II-IV, an ensemble) live in one workdir."""
   section = config.substitute if section is None else section
-  seed = config.seed + SEED_OFFSET if seed is None else int(seed)
+  seed = default_seed(config) if seed is None else int(seed)
   attack = attack_config(config, section)  # how it reads vectors (not the attacker's other fields)
   reads = {k: attack[k] for k in ('transform', 'top_k', 'log_floor', 'floor') if k in attack}
   key = [decoder_section(config, section).to_dict(), section.data, seed, reads]
@@ -78,11 +82,11 @@ def train_substitute(setup, section=None, *, seed: int | None = None):
   Args:
     setup: the run's `experiment.Setup` (splits, clean vectors, workdir, mesh).
     section: a config section with the fields of `config.substitute` (default: that section).
-    seed: init and data-order seed (default config.seed + 3).
+    seed: init and data-order seed (default `default_seed(config)`).
   """
   config = setup.config
   section = config.substitute if section is None else section
-  seed = config.seed + SEED_OFFSET if seed is None else int(seed)
+  seed = default_seed(config) if seed is None else int(seed)
   queries = setup.splits.attack_train
   idx = query_indices(len(queries.labels), section.data)
   z = np.asarray(transforms.attacker_input(setup.clean['attack_train'][idx],

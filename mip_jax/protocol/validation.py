@@ -29,7 +29,7 @@ from typing import Any, Callable
 import ml_collections
 
 from mip_jax import defenses
-from mip_jax.attacks import adaptive, transforms
+from mip_jax.attacks import suite, transforms
 from mip_jax.data import KNOWN_DATASETS
 from mip_jax.data.splits import CLASS_COUNTS, QUERY_PARTS
 from mip_jax.defenses import lpa, purification, space
@@ -140,7 +140,9 @@ RULES: dict[str, tuple[Rule, ...]] = {
     'attack.top_k': (optional(above(0)),),
     'attack.log_floor': (lambda v: None if _number(v) and -math.inf < v < 0 else 'must be < 0',),
     'attack.reconstruct_from': (one_of(lambda: ('clean', 'defended')),),
-    'attack.adaptive': (one_of(lambda: adaptive.ATTACKERS),),
+    'attack.adaptive': (one_of(lambda: suite.ADAPTIVE + suite.ZERO_ROBUST),),
+    'attack.patience': (optional(above(0)),),
+    'attack.val_fraction': (UNIT_OPEN,),
     'attack.adaptive_noise_std': (NON_NEGATIVE,),
     '*.space': (one_of(lambda: space.SPACES),),
     '*.log_bound': (POSITIVE,),
@@ -156,6 +158,9 @@ RULES: dict[str, tuple[Rule, ...]] = {
     'onepara.sensitivity': (POSITIVE,),
     'rounding.decimals': (NON_NEGATIVE,),
     'topk.k': (above(0),),
+    'grad2.eps': (within(0, 2, open_lo=True),),
+    'am.threshold': (within(0, 1, open_lo=True),),
+    'am.steepness': (POSITIVE,),
     'vae.latent': (above(0),),
     'vae.hidden': (each(POSITIVE),),
     'vae.*_weight': (NON_NEGATIVE,),
@@ -244,7 +249,7 @@ def _problem(path: str, value, problem: str) -> str:
 
 
 def check_names(kind: str, names, known) -> list[str]:
-  """Validates names against a registry (`defenses.REGISTRY`, `adaptive.ADAPTIVE`); returns them.
+  """Validates names against a registry (`defenses.REGISTRY`); returns them.
 
   Raises ConfigError naming the unknown one and the closest known names.
   """

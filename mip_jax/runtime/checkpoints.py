@@ -82,7 +82,7 @@ class StageCheckpoint:
     return meta
 
   def save(self, epoch: int, state: Any, *, epochs: int, extra: dict | None = None) -> None:
-    meta = dict(extra or {}, epoch=epoch, epochs=epochs, done=epoch >= epochs,
+    meta = dict(extra or {}, epoch=epoch, epochs=epochs, done=epoch >= epochs or bool((extra or {}).get('stopped')),
                 config_hash=self.config_hash, stage=self.stage)
     self._manager.save(epoch, args=ocp.args.Composite(
         state=ocp.args.StandardSave(jax.device_get(state)), meta=ocp.args.JsonSave(meta)))

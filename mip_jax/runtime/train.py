@@ -19,6 +19,8 @@ never start a training run by accident.
 
 import contextlib
 import contextvars
+import dataclasses
+import functools
 import time
 from typing import Any, Callable
 
@@ -91,17 +93,61 @@ def _saved(state: TrainState) -> dict:
           'opt_state': state.opt_state}
 
 
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """A step function with its static arguments (the model, loss settings), hashable: `fit` compiles
+  one step per distinct Step and mesh and reuses it, so the hundreds of attacker decoders of a study
+  with one architecture share one compilation.
+
+    step = train.Step(decoder_step, model=model, loss='mse')   # step(state, batch, rng)
+  """
+  fn: Callable
+  static: tuple
+
+  def __init__(self, fn: Callable, **static):
+    object.__setattr__(self, 'fn', fn)
+    object.__setattr__(self, 'static', tuple(sorted(static.items())))
+
+  def __call__(self, state, batch, rng):
+    return self.fn(state, batch, rng, **dict(self.static))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(step_fn, mesh):
+  # Replicated outputs: every process can read the loss and, at the end, the parameters.
+  return jax.jit(step_fn, donate_argnums=0, out_shardings=parallel.replicated(mesh))
+
+
+def _jitted_step(step_fn, mesh):
+  try:
+    return _compiled(step_fn, mesh)
+  except TypeError:  # an unhashable step (a lambda's closure is fine; a Step of a list is not)
+    return jax.jit(step_fn, donate_argnums=0, out_shardings=parallel.replicated(mesh))
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStopping:
+  """Stop when the validation loss has not improved for `patience` epochs; keep the best epoch.
+
+  Attributes:
+    validate: `validate(state) -> float`, the loss on held-out data (lower is better).
+    patience: epochs without improvement before stopping.
+  """
+  validate: Callable[[TrainState], float]
+  patience: int
+
+
 def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, epochs: int,
         batch_size: int, seed: int, checkpoint: StageCheckpoint | None = None,
         mesh: jax.sharding.Mesh | None = None, desc: str = 'train',
-        load_only: bool | None = None) -> TrainState:
+        load_only: bool | None = None, early_stopping: EarlyStopping | None = None) -> TrainState:
   """Trains `state` for `epochs` epochs over `arrays`, resuming from `checkpoint` when it has progress.
 
   Args:
     state: the initial state (also the structure template for restoring).
-    step_fn: pure step function; jitted here.
+    step_fn: pure step function (a `Step` compiles once per model and mesh); jitted here.
     arrays: training arrays with equal leading dimension.
-    epochs: total epochs of the stage.
+    epochs: total epochs of the stage (the most, with early stopping).
     batch_size: examples per step; clipped to the dataset size, must split over the mesh's devices.
     seed: data order and per-step rngs derive from it.
     checkpoint: where to save after each epoch / resume from; None trains without saving.
@@ -109,6 +155,9 @@ def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, e
     desc: progress-bar label.
     load_only: True: load a finished stage or raise StageNotTrainedError, never train; None: the
       `load_only()` context decides (default off).
+    early_stopping: validate after every epoch and stop when it stops improving; the returned (and
+      saved) state is the best epoch's. The checkpoint then holds the current and the best state,
+      so a killed run resumes with its patience count intact.
 
   Returns:
     The trained state (on host memory layout of the mesh, replicated).
@@ -122,32 +171,42 @@ def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, e
   if batch_size == 0:
     raise ValueError(f'{num} training examples cannot fill a batch on {mesh.devices.size} devices')
 
+  stopping = early_stopping
+  track = {'best_epoch': 0, 'best_loss': float('inf'), 'bad_epochs': 0}
+  best = state
+  saved = lambda s, b: {'current': _saved(s), 'best': _saved(b)} if stopping else _saved(s)
   start = 0
   meta = checkpoint.latest() if checkpoint is not None else None
-  if (_LOAD_ONLY.get() if load_only is None else load_only) and (
-      meta is None or meta['epoch'] < epochs):
+  finished = lambda meta: meta is not None and (meta['epoch'] >= epochs or meta.get('stopped'))
+  if (_LOAD_ONLY.get() if load_only is None else load_only) and not finished(meta):
     where = checkpoint.directory if checkpoint is not None else '(no checkpoint given)'
     found = 'nothing' if meta is None else f'epoch {meta["epoch"]}/{epochs}'
     raise StageNotTrainedError(
         f'stage {desc!r} is not trained: {where} holds {found}, and loading must not train. '
         f'Train it first with the same config and workdir (e.g. python -m launch.compare '
         f'--config=... --workdir=...).')
-  if checkpoint is not None:
-    if meta is not None:
-      state = state.replace(**checkpoint.restore(_saved(state), sharding=parallel.replicated(mesh)))
-      start = meta['epoch']
-      if start >= epochs:
-        console.say('%s: loaded (trained earlier, %s)', desc, checkpoint.directory)
-        return parallel.replicate(state, mesh)
-      logging.info('%s: resuming at epoch %d/%d from %s', desc, start + 1, epochs, checkpoint.directory)
+  if checkpoint is not None and meta is not None:
+    restored = checkpoint.restore(saved(state, best), sharding=parallel.replicated(mesh))
+    if stopping:
+      state, best = state.replace(**restored['current']), state.replace(**restored['best'])
+      track = {k: meta[k] for k in track}
+    else:
+      state = state.replace(**restored)
+    start = meta['epoch']
+    if finished(meta):
+      console.say('%s: loaded (trained earlier, %s)', desc, checkpoint.directory)
+      return parallel.replicate(best if stopping else state, mesh)
+    logging.info('%s: resuming at epoch %d/%d from %s', desc, start + 1, epochs,
+                 checkpoint.directory)
 
   state = parallel.replicate(state, mesh)
-  console.say('%s: training %d epochs on %d examples', desc, epochs - start, num)
+  console.say('%s: training %d epochs on %d examples%s', desc, epochs - start, num,
+              ' (at most: early stopping)' if stopping else '')
   started = time.time()
-  # Replicated outputs: every process can read the loss and, at the end, the parameters.
-  step = jax.jit(step_fn, donate_argnums=0, out_shardings=parallel.replicated(mesh))
+  step = _jitted_step(step_fn, mesh)
   key = jax.random.key(seed)
   rows = parallel.local_rows(batch_size, mesh)
+  mean_loss, stopped = float('nan'), False
   for epoch in range(start, epochs):
     killpoints.reached(f'{desc}:epoch:{epoch + 1}')
     batches = epoch_batches(num, batch_size, seed=seed, epoch=epoch)
@@ -158,16 +217,36 @@ def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, e
       # This process gathers its own rows only; the global batch is assembled across processes.
       batch = parallel.global_batch(tuple(a[idx[rows]] for a in arrays), mesh)
       state, metrics = step(state, batch, jax.random.fold_in(key, int(state.step)))
-      loss = float(metrics['loss'])
-      if not np.isfinite(loss):
-        raise FloatingPointError(
-            f'{desc}: loss became {loss} at epoch {epoch + 1}, step {int(state.step)}; the last good '
-            f'checkpoint is kept. Lower the learning rate or check the inputs for NaN/inf.')
-      losses.append(loss)
-      bar.set_postfix(loss=f'{loss:.4f}')
-    logging.info('%s epoch %d/%d: loss %.5f', desc, epoch + 1, epochs, np.mean(losses))
+      losses.append(metrics['loss'])  # on device: no host sync inside the epoch
+    losses = np.asarray(jax.device_get(losses), np.float64)
+    if not np.isfinite(losses).all():
+      bad = int(np.flatnonzero(~np.isfinite(losses))[0])
+      raise FloatingPointError(
+          f'{desc}: loss became {losses[bad]} at epoch {epoch + 1}, step {bad + 1} of the epoch; the '
+          f'last good checkpoint (epoch {epoch}) is kept. Lower the learning rate or check the '
+          f'inputs for NaN/inf.')
+    mean_loss = float(losses.mean())
+    extra = {'loss': mean_loss}
+    if stopping:
+      val = float(stopping.validate(state))
+      if val < track['best_loss']:
+        track = {'best_epoch': epoch + 1, 'best_loss': val, 'bad_epochs': 0}
+        best = jax.tree.map(lambda x: x.copy(), state)  # the next step donates `state`'s buffers
+      else:
+        track['bad_epochs'] += 1
+      stopped = track['bad_epochs'] >= stopping.patience
+      extra.update(track, val_loss=val, stopped=stopped)
+      logging.info('%s epoch %d/%d: loss %.5f, validation %.5f (best %.5f at epoch %d)', desc,
+                   epoch + 1, epochs, mean_loss, val, track['best_loss'], track['best_epoch'])
+    else:
+      logging.info('%s epoch %d/%d: loss %.5f', desc, epoch + 1, epochs, mean_loss)
     if checkpoint is not None:
-      checkpoint.save(epoch + 1, _saved(state), epochs=epochs, extra={'loss': float(np.mean(losses))})
+      checkpoint.save(epoch + 1, saved(state, best), epochs=epochs, extra=extra)
+    if stopped:
+      break
   if epochs > start:
-    console.say('%s: trained in %.0f s, final loss %.5f', desc, time.time() - started, np.mean(losses))
-  return state
+    what = (f', best validation loss {track["best_loss"]:.5f} at epoch {track["best_epoch"]}'
+            + (' (stopped early)' if stopped else '')) if stopping else ''
+    console.say('%s: trained in %.0f s, final loss %.5f%s', desc, time.time() - started,
+                mean_loss, what)
+  return parallel.replicate(best, mesh) if stopping else state

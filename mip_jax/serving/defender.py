@@ -231,7 +231,7 @@ class Defender:
       backend = lambda probs, images: vae_defense.generate(state, probs, chunk=max_batch)
       return cls(backend=backend, require_change=True, **kwargs)
     if defense == 'lpa':
-      backend = functools.partial(_lpa_online, state['crafter'], seed=config.seed,
+      backend = functools.partial(_lpa_online, state['crafter'], seed=state['seed'],
                                   chunk=max_batch, mesh=setup.mesh)
       return cls(backend=backend, needs_images=True, require_change=True, **kwargs)
     # Other defenses get the images when the caller has them; one that needs them and gets none

@@ -20,14 +20,12 @@ gradient-matching literature, each a row against the same controls.
 """
 
 import dataclasses
-import json
 import os
 
 import numpy as np
 
-from mip_jax.protocol import experiment
-from mip_jax.runtime import parallel
-from mip_jax.studies import report
+from mip_jax.runtime import files
+from mip_jax.studies import aggregate, engine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,13 +34,6 @@ class Row:
   label: str
   defense: str
   overrides: tuple = ()
-
-  def config(self, config):
-    c = config.copy_and_resolve_references()
-    for key, value in self.overrides:
-      section, field = key.split('.')
-      c[section][field] = value
-    return c
 
 
 def row(label: str, defense: str, **overrides) -> Row:
@@ -93,40 +84,36 @@ def select(rows, labels=None) -> tuple:
 TABLES = {'attribution': MAIN, 'ablation': ABLATION}
 
 
+def study(config, rows=MAIN, attackers=ATTACKERS) -> engine.Study:
+  """Every row against every attacker (row-major); lpa and random rows carry the crafting space and
+  radius they run at, which pair a row with its control."""
+  out = []
+  for r in rows:
+    labels = {'label': r.label, 'defense': r.defense}
+    if r.defense in ('lpa', 'random'):
+      rc = engine.apply_overrides(config, r.overrides)
+      labels.update(space=rc.lpa.space, eps=rc.lpa.eps)
+    out += [(dict(labels, attacker=a), engine.Cell(r.defense, r.overrides, a)) for a in attackers]
+  return engine.Study('attribution', out)
+
+
 def run(config, workdir: str, *, seeds=(0,), rows=MAIN, attackers=ATTACKERS,
-        name: str = 'attribution') -> dict:
+        name: str = 'attribution', mesh=None) -> dict:
   """Every row against every attacker, once per seed in `<workdir>/seed_<s>`; writes <name>.md/.json.
 
-  Stages shared by rows (classifiers, substitute, the undefended attacker) train once per seed.
+  A study on the engine: stages shared by rows (classifiers, substitute, the undefended attacker)
+  train once per seed, and every measured cell is reused by reruns and by the paper's experiments.
   """
-  per_seed = []
-  for seed in seeds:
-    c = config.copy_and_resolve_references()
-    c.seed = int(seed)
-    setup = experiment.prepare(c, os.path.join(workdir, f'seed_{seed}'))
-    results = []
-    for r in rows:
-      rc = r.config(c)
-      label = None if r.label == r.defense else r.label
-      out = experiment.evaluate_defense(dataclasses.replace(setup, config=rc), r.defense,
-                                        attackers=attackers, label=label)
-      for res, _ in out:
-        if r.defense in ('lpa', 'random'):  # what pairs a row with its control
-          res.update(space=rc.lpa.space, eps=rc.lpa.eps)
-        results.append(res)
-    per_seed.append(results)
-  mean = report.mean_rows(per_seed)
-  paired = paired_differences(per_seed)
-  doc = {'dataset': config.dataset, 'seeds': [int(s) for s in seeds], 'attackers': list(attackers),
-         'rows': mean, 'paired': paired, 'per_seed': per_seed, 'config': config.to_dict()}
-  os.makedirs(workdir, exist_ok=True)
-  text = markdown(config.dataset, mean, paired, attackers, seeds)
-  report.atomic_write(os.path.join(workdir, f'{name}.json'), json.dumps(doc, indent=2, default=float))
-  report.atomic_write(os.path.join(workdir, f'{name}.md'), text)
-  figure = os.path.join(workdir, f'{name}.png')
-  parallel.on_main_process(lambda: save_figure(
-      figure, mean, attackers, title=f'{config.dataset}, seeds {", ".join(map(str, seeds))}'),
-      figure)
+  result = engine.run(study(config, rows, attackers), config, workdir, seeds=seeds, mesh=mesh)
+  mean = result.rows
+  paired = paired_differences(mean)
+  doc = {'dataset': config.dataset, 'seeds': result.seeds, 'attackers': list(attackers),
+         'rows': mean, 'paired': paired, 'per_seed': result.per_seed, 'config': config.to_dict()}
+  text = markdown(config.dataset, mean, paired, attackers, result.seeds)
+  files.write_json(os.path.join(workdir, f'{name}.json'), doc, indent=2)
+  files.write_text(os.path.join(workdir, f'{name}.md'), text)
+  save_figure(os.path.join(workdir, f'{name}.png'), mean, attackers,
+              title=f'{config.dataset}, seeds {", ".join(map(str, result.seeds))}')
   return {'rows': mean, 'paired': paired, 'table': text}
 
 
@@ -151,31 +138,25 @@ def save_figure(path: str, rows: list[dict], attackers, *, title: str) -> None:
   axes[0].legend(fontsize=7, loc='lower left', bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False)
   fig.suptitle(title, x=0.75)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  fig.savefig(path, dpi=100)
+  files.write_with(path, lambda tmp: fig.savefig(tmp, dpi=100))
   plt.close(fig)
 
 
-def paired_differences(per_seed: list[list[dict]]) -> list[dict]:
-  """lpa-type rows minus the `random` row of their space, per seed then mean ± std, per attacker.
-
-  A row is paired with the random row of the same `lpa.space` and eps (the control at its radius).
-  """
-  label = report.row_label
-  by_seed = [{label(r): r for r in rows} for rows in per_seed]
+def paired_differences(rows: list[dict]) -> list[dict]:
+  """lpa rows minus the `random` row of their space and eps (the control at its radius), per
+  attacker: the per-seed differences, their mean ± std and 95% interval (`aggregate.paired`)."""
   controls = {(r.get('space'), r.get('eps'), r['attacker']): r
-              for r in per_seed[0] if r['defense'] == 'random'}
+              for r in rows if r['defense'] == 'random'}
   out = []
-  for r in per_seed[0]:
+  for r in rows:
     control = controls.get((r.get('space'), r.get('eps'), r['attacker']))
     if r['defense'] != 'lpa' or control is None:
       continue
     diffs = {}
     for metric in ('attack_acc', 'recon_error', 'conf_dist'):
-      values = [by[label(r)][metric] - by[label(control)][metric] for by in by_seed]
-      diffs[metric] = float(np.mean(values))
-      diffs[metric + '_std'] = float(np.std(values))
-      diffs[metric + '_per_seed'] = values
+      d = aggregate.paired(r[metric + '_seeds'], control[metric + '_seeds'])
+      diffs.update({metric: d.mean, metric + '_std': d.std, metric + '_per_seed': list(d.per_seed),
+                    metric + '_ci95': d.ci95})
     out.append({'row': r.get('label', r['defense']), 'control': control.get('label', 'random'),
                 'attacker': r['attacker'], **diffs})
   return out

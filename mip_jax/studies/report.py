@@ -11,14 +11,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mip_jax import reference  # noqa: E402
-from mip_jax.runtime import parallel
+from mip_jax.runtime import files  # noqa: E402
 
 ROW_FIELDS = ('defense', 'model_acc', 'conf_dist', 'attack_acc', 'recon_error', 'label_flip_rate',
               'eps_eta')
 
 
-METRICS = ('model_acc', 'conf_dist', 'attack_acc', 'recon_error', 'label_flip_rate')
-DIAGNOSTICS = ('zero_fraction', 'input_shift', 'evaluator_acc')  # how a row protects (attribution)
 
 
 def write_results(workdir: str, *, dataset: str, config: dict, rows: list[dict],
@@ -28,15 +26,14 @@ def write_results(workdir: str, *, dataset: str, config: dict, rows: list[dict],
     missing = [f for f in ROW_FIELDS if f not in row]
     if missing:
       raise ValueError(f'result row {row.get("defense")!r} lacks {missing}')
-  os.makedirs(workdir, exist_ok=True)
   doc = {'dataset': dataset, 'config': config, **(extra or {}), 'rows': rows}
   paper_dataset, paper = reference.paper_rows_for('table1', dataset)
   if paper:
     doc['paper_table1'] = {'dataset': paper_dataset, 'rows': paper}
-  atomic_write(os.path.join(workdir, 'results.json'), json.dumps(doc, indent=2, default=float))
+  files.write_json(os.path.join(workdir, 'results.json'), doc, indent=2)
   table = markdown_table(dataset, rows)
   table += table_ix_section(workdir, rows)
-  atomic_write(os.path.join(workdir, 'results.md'), table)
+  files.write_text(os.path.join(workdir, 'results.md'), table)
   return table
 
 
@@ -87,29 +84,6 @@ def _paper_line(p: dict, paper_dataset: str) -> str:
           f'{fmt(p["recon_error"], lambda v: f"{v:.5f}")} | - | - | - |')
 
 
-def mean_rows(runs: list[list[dict]]) -> list[dict]:
-  """Averages rows of several runs (same defenses and attackers in the same order) field by field.
-
-  Each metric gets its mean and a `<metric>_std`; the epsilon-eta curves are averaged pointwise.
-  """
-  labels = [[row_label(r) for r in rows] for rows in runs]
-  if any(l != labels[0] for l in labels):
-    raise ValueError(f'runs differ in their rows: {labels}')
-  out = []
-  for group in zip(*runs):
-    row = {k: group[0][k] for k in ('defense', 'label') if k in group[0]}
-    row['attacker'] = group[0].get('attacker', 'none')
-    for k in METRICS + DIAGNOSTICS + ('defend_seconds',):
-      if not all(k in r for r in group):
-        continue
-      values = np.asarray([r[k] for r in group], np.float64)
-      row[k], row[k + '_std'] = float(values.mean()), float(values.std())
-    curves = np.asarray([r['eps_eta'] for r in group], np.float64)
-    row['eps_eta'] = curves.mean(axis=0).tolist()
-    out.append(row)
-  return out
-
-
 def row_label(row: dict) -> str:
   """'lpa', or 'lpa / softmax attacker' for another attacker's row (Table X); a row's `label`
   (one defense under several configs) stands for its defense name."""
@@ -120,7 +94,7 @@ def row_label(row: dict) -> str:
 def save_reconstructions(path: str, ground_truth: np.ndarray, rows: dict[str, np.ndarray]) -> None:
   """A grid: private ground truth in the first row, one row of reconstructions per entry of `rows`
   (drawn and written by process 0 only when several JAX processes run)."""
-  parallel.on_main_process(lambda: _draw_reconstructions(path, ground_truth, rows), path)
+  files.write_with(path, lambda tmp: _draw_reconstructions(tmp, ground_truth, rows))
 
 
 def _draw_reconstructions(path: str, ground_truth: np.ndarray, rows: dict[str, np.ndarray]) -> None:
@@ -137,7 +111,6 @@ def _draw_reconstructions(path: str, ground_truth: np.ndarray, rows: dict[str, n
       ax.set_yticks([])
     axes[r][0].set_ylabel(name, rotation=0, ha='right', va='center', fontsize=9)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
@@ -147,7 +120,7 @@ def save_tradeoff(path: str, dataset: str, rows: list[dict]) -> None:
   (defense, attacker), error bars = std over seeds where rows carry `<metric>_std`; the paper's
   Table I points for this dataset, where it has them, as hollow grey markers. Drawn and written by
   process 0 only when several JAX processes run."""
-  parallel.on_main_process(lambda: _draw_tradeoff(path, dataset, rows), path)
+  files.write_with(path, lambda tmp: _draw_tradeoff(tmp, dataset, rows))
 
 
 def _draw_tradeoff(path: str, dataset: str, rows: list[dict]) -> None:
@@ -171,20 +144,8 @@ def _draw_tradeoff(path: str, dataset: str, rows: list[dict]) -> None:
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7, loc='best')
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
   fig.savefig(path, dpi=100)
   plt.close(fig)
-
-
-def atomic_write(path: str, text: str) -> None:
-  """Write-then-rename, so an interrupted run never leaves a half-written results file; written by
-  process 0 only when several JAX processes run (the others wait for it)."""
-  def write():
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.write(text)
-    os.replace(tmp, path)
-  parallel.on_main_process(write, path)
 
 
 # ---------------------------------------------------------------- Table IX (VAE vs optimised LPA)
@@ -194,8 +155,7 @@ LATENCY_FILE = 'latency.json'  # per-sample serving latency written by `launch.b
 
 def write_latency(workdir: str, latency: dict) -> None:
   """Saves `benchmarking.serving_latency` figures in the workdir; refreshes results.md if present."""
-  os.makedirs(workdir, exist_ok=True)
-  atomic_write(os.path.join(workdir, LATENCY_FILE), json.dumps(latency, indent=2))
+  files.write_json(os.path.join(workdir, LATENCY_FILE), latency, indent=2)
   results = os.path.join(workdir, 'results.json')
   if os.path.exists(results):
     with open(results) as f:

@@ -5,14 +5,14 @@
 Writes `<workdir>/<name>.md` (the paper's layout, the paper's numbers beside ours), `<name>.json` and
 `<name>*.png` where the paper has a figure. Each seed runs in `<workdir>/seed_<s>`, shared by all
 experiments: the classifier, evaluator, substitutes, crafted vectors and every measured cell are
-reused across experiments and reruns (`cells.Runner`), so a killed run resumes where it stopped.
+reused across experiments and reruns (`studies.engine`), so a killed run resumes where it stopped.
 """
 
 import os
 
-import numpy as np
-
-from mip_jax.studies.paper import cells, claims, experiments, extras, render
+from mip_jax.runtime import files
+from mip_jax.studies import aggregate, engine
+from mip_jax.studies.paper import claims, experiments, extras, render
 
 EXPERIMENTS = tuple(experiments.CELL_EXPERIMENTS) + ('fig3', 'table8')
 
@@ -23,32 +23,27 @@ def check_name(name: str) -> str:
   return name
 
 
-def seed_config(config, seed: int):
-  c = config.copy_and_resolve_references()
-  c.seed = int(seed)
-  return c
+seed_config = engine.seed_config
 
 
 def run(name: str, config, workdir: str, *, seeds=None, mesh=None) -> dict:
   """Runs experiment `name` for each seed and writes its files; returns {'markdown', 'rows', ...}."""
   check_name(name)
   seeds = [int(s) for s in (seeds or [config.seed])]
-  os.makedirs(workdir, exist_ok=True)
-  runners = (cells.Runner(seed_config(config, s), os.path.join(workdir, f'seed_{s}'), mesh=mesh)
-             for s in seeds)
   if name == 'fig3':
-    return _fig3(config, workdir, seeds, runners)
+    return _fig3(config, workdir, seeds, engine.runners(config, workdir, seeds, mesh=mesh))
   if name == 'table8':
-    return _table8(config, workdir, seeds, runners)
+    return _table8(config, workdir, seeds, engine.runners(config, workdir, seeds, mesh=mesh))
 
   spec = experiments.CELL_EXPERIMENTS[name](config)
-  labels = [dict(lab, cell_defense=cell.defense) for lab, cell in spec.rows]
-  per_seed, figures = [], []
-  for i, runner in enumerate(runners):
-    per_seed.append(runner.rows([cell for _, cell in spec.rows]))
-    if i == 0:
-      figures = _figures(name, spec, runner, workdir)
-  rows = render.aggregate(labels, per_seed)
+  study = engine.Study(name, [(dict(lab, cell_defense=cell.defense), cell) for lab, cell in spec.rows])
+  figures = []
+
+  def first_seed_figures(runner, rows):
+    if not figures and runner.config.seed == seeds[0]:
+      figures.extend(_figures(name, spec, runner, workdir))
+
+  rows = engine.run(study, config, workdir, seeds=seeds, mesh=mesh, each_seed=first_seed_figures).rows
   attackers = list(dict.fromkeys(r['attacker'] for r in rows))
   if name == 'fig8':
     render.tradeoff_figure(os.path.join(workdir, 'fig8.png'), rows, attackers=attackers)
@@ -86,14 +81,8 @@ def _fig3(config, workdir, seeds, runners) -> dict:
   for i, runner in enumerate(runners):
     fig = os.path.join(workdir, 'fig3.png') if i == 0 else None
     per_seed.append(extras.fig3_seed(runner, with_figure=fig))
-  keys = ('l2_probs', 'l2_features', 'probe_acc')
-  rows = []
-  for j, row in enumerate(per_seed[0]):
-    out = {'defense': row['defense']}
-    for k in keys:
-      v = np.asarray([rs[j][k] for rs in per_seed])
-      out[k], out[k + '_std'] = float(v.mean()), float(v.std())
-    rows.append(out)
+  rows = aggregate.mean_rows(per_seed, [{'defense': r['defense']} for r in per_seed[0]],
+                            metrics=('l2_probs', 'l2_features', 'probe_acc'))
   lines = [f'# {spec.title}', '', f'{config.dataset}, {len(seeds)} seed(s) {seeds}: mean ± std.', '',
            '| Defense | L2 (probabilities) | L2 (attacker input features) | '
            'Linear probe accuracy clean vs poisoned |', '|---|---|---|---|']
@@ -105,19 +94,17 @@ def _fig3(config, workdir, seeds, runners) -> dict:
             't-SNE. Probe accuracy 50% = indistinguishable to a linear classifier on the '
             "attacker's input features (Yang's log transform).", '', '![fig3.png](fig3.png)']
   text = '\n'.join(lines) + '\n'
-  render._atomic(os.path.join(workdir, 'fig3.md'), text)
-  render._atomic(os.path.join(workdir, 'fig3.json'), render.json.dumps(
-      {'experiment': 'fig3', 'seeds': seeds, 'rows': rows, 'per_seed': per_seed}, indent=1))
+  files.write_text(os.path.join(workdir, 'fig3.md'), text)
+  files.write_json(os.path.join(workdir, 'fig3.json'),
+                   {'experiment': 'fig3', 'seeds': seeds, 'rows': rows, 'per_seed': per_seed})
   return {'markdown': text, 'rows': rows, 'files': ['fig3.md', 'fig3.json', 'fig3.png']}
 
 
 def _table8(config, workdir, seeds, runners) -> dict:
   from mip_jax import reference
   per_seed = [extras.table8_seed(r) for r in runners]
-  stats = {}
-  for k in ('training_s', 'inference_ms', 'poisoning_ms'):
-    v = np.asarray([p[k] for p in per_seed])
-    stats[k], stats[k + '_std'] = float(v.mean()), float(v.std())
+  stats = aggregate.mean_rows([[p] for p in per_seed], [{}],
+                              metrics=('training_s', 'inference_ms', 'poisoning_ms'))[0]
   lines = ['# Table VIII: time of classifier training, inference and LPA crafting', '',
            f'{config.dataset}, {len(seeds)} seed(s) {seeds}: mean (standard deviation); this '
            f'machine: CPU, LPA {per_seed[0]["lpa_steps"]} rounds, batches of '
@@ -131,7 +118,7 @@ def _table8(config, workdir, seeds, runners) -> dict:
                  f'{p["inference_ms"]}ms ({p["inference_ms_std"]}) | '
                  f'{p["poisoning_ms"]}ms ({p["poisoning_ms_std"]}) |')
   text = '\n'.join(lines) + '\n'
-  render._atomic(os.path.join(workdir, 'table8.md'), text)
-  render._atomic(os.path.join(workdir, 'table8.json'), render.json.dumps(
-      {'experiment': 'table8', 'seeds': seeds, 'stats': stats, 'per_seed': per_seed}, indent=1))
+  files.write_text(os.path.join(workdir, 'table8.md'), text)
+  files.write_json(os.path.join(workdir, 'table8.json'),
+                   {'experiment': 'table8', 'seeds': seeds, 'stats': stats, 'per_seed': per_seed})
   return {'markdown': text, 'rows': [stats], 'files': ['table8.md', 'table8.json']}

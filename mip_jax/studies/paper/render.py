@@ -1,7 +1,6 @@
 """An experiment's rows over seeds as `<name>.md` (the paper's layout, the paper's numbers beside
 ours) and `<name>.json`, and the figures (PNG) where the paper has one."""
 
-import json
 import os
 
 import matplotlib
@@ -11,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mip_jax import reference  # noqa: E402
+from mip_jax.runtime import files  # noqa: E402
 
 METRICS = ('model_acc', 'conf_dist', 'attack_acc', 'recon_error')
 # Diagnostics some rows carry (issue 9): shown when present.
@@ -24,23 +24,6 @@ HEADERS = {'model_acc': 'Model Acc.', 'conf_dist': 'Conf. Dist.', 'attack_acc': 
            'architecture': 'Architecture', 'relation': 'Attacker vs substitute', 'param': 'Parameter',
            'value': 'Value', 'guidance': 'Guidance'}
 PERCENT = ('model_acc', 'attack_acc', 'zero_fraction', 'evaluator_acc')
-
-
-def aggregate(labels: list[dict], per_seed: list[list[dict]]) -> list[dict]:
-  """One row per label: metrics' mean and std over seeds, the per-seed values, the eps-eta mean."""
-  out = []
-  for i, lab in enumerate(labels):
-    group = [rows[i] for rows in per_seed]
-    row = dict(lab)
-    for k in METRICS + OPTIONAL:
-      if all(k in r and r[k] is not None for r in group):
-        v = np.asarray([r[k] for r in group], np.float64)
-        row[k], row[k + '_std'], row[k + '_seeds'] = float(v.mean()), float(v.std()), v.tolist()
-    curves = np.asarray([r['eps_eta'] for r in group], np.float64)
-    row['eps_eta'] = curves.mean(axis=0).tolist()
-    row['eps_eta_std'] = curves[:, :, 1].std(axis=0).tolist()
-    out.append(row)
-  return out
 
 
 def _fmt(row: dict, k: str) -> str:
@@ -101,15 +84,9 @@ def write(workdir: str, spec, rows: list[dict], *, dataset: str, seeds: list[int
   doc = {'experiment': spec.name, 'title': spec.title, 'dataset': dataset, 'seeds': seeds,
          'columns': list(spec.columns), 'paper_table': spec.paper, 'rows': rows,
          'claims': claims, 'config': config}
-  _atomic(os.path.join(workdir, f'{spec.name}.json'), json.dumps(doc, indent=1, default=float))
-  _atomic(os.path.join(workdir, f'{spec.name}.md'), text)
+  files.write_json(os.path.join(workdir, f'{spec.name}.json'), doc)
+  files.write_text(os.path.join(workdir, f'{spec.name}.md'), text)
   return text
-
-
-def _atomic(path: str, text: str) -> None:
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
 
 
 # ---------------------------------------------------------------- figures
@@ -125,7 +102,7 @@ def _per_attacker_figure(path: str, rows: list[dict], attackers: list[str], draw
     ax.set_title(f'attacker: {attacker}')
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  files.write_with(path, lambda tmp: fig.savefig(tmp, dpi=100))
   plt.close(fig)
 
 

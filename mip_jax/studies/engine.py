@@ -1,19 +1,27 @@
-"""Cells of the paper's experiments: one defense under one set of config changes, one attacker.
+"""The one study engine: cells measured once per seed, cached, aggregated over seeds.
 
-  runner = Runner(config, workdir)            # data, classifier T, evaluator E: trained once
-  row = runner.row(Cell('lpa', (('lpa.eps', 0.02),), attacker='none'))
+  study = engine.Study('table6', rows=[({'eps': 0.01, ...}, Cell('lpa', (('lpa.eps', 0.01),))), ...])
+  result = engine.run(study, config, workdir, seeds=[0, 1, 2])
+  result.rows        # one row per study row: its labels, metrics as mean / _std / _seeds
+  result.per_seed    # [seed][row] result rows as measured
+  result.runners     # the seeds' Runners (reconstructions of the figure's examples, the setup)
 
-Every cell of every experiment of one seed shares the runner's workdir, so the stages that do not
-depend on a cell's changes (classifier, evaluator, the default substitute, identical crafted
-vectors) are trained once and loaded afterwards. A cell's result row is saved in
-`<workdir>/cells/` as soon as it is measured: a killed sweep resumes at the first unmeasured cell,
-and a cell shared by two experiments (the default LPA row) is measured once.
+A cell is a defense, the config changes it runs under and an attacker (`Cell`). Every study of one
+seed (`launch.compare`, the attribution table, each experiment of the paper, the frontier) shares
+`<workdir>/seed_<s>`: the stages that do not depend on a cell's changes (classifier, evaluator,
+substitutes, identical crafted vectors) are trained once, and a cell's result row is saved in
+`<workdir>/seed_<s>/cells/` as soon as it is measured, so a killed study resumes at its first
+unmeasured cell and a cell shared by two studies is measured once.
 
 A cell is named by its defense and the fields where its config differs from the seed's base config
 (`group_key`), and its full config is saved beside its rows. A saved cell is reused when that
 config, completed with today's defaults for fields added since (as `run_config.load` does), equals
 the cell's config now: adding a config field keeps every measured cell, and changing a default, the
 base config or an override measures the cell again (with a warning naming the fields).
+
+With several JAX processes every process measures every cell (training and crafting are
+collective); process 0 alone writes the cell files (`runtime.files`), and all of them read the rows
+back after the barrier.
 """
 
 import dataclasses
@@ -24,7 +32,8 @@ import numpy as np
 from absl import logging
 
 from mip_jax.protocol import experiment, run_config
-from mip_jax.runtime import checkpoints
+from mip_jax.runtime import checkpoints, files
+from mip_jax.studies import aggregate
 
 CELLS_DIR = 'cells'
 # Where the data lives: the same cell wherever it was read from.
@@ -38,11 +47,34 @@ class Cell:
   Attributes:
     defense: a registered defense name.
     overrides: ((dotted config path, value), ...), e.g. (('lpa.eps', 0.02),).
-    attacker: an adaptive attacker of `attacks.adaptive` ('none' = Yang's).
+    attacker: an attacker of the suite (`attacks.suite`; 'none' = Yang's).
   """
   defense: str
   overrides: tuple = ()
   attacker: str = 'none'
+
+
+@dataclasses.dataclass
+class Study:
+  """Rows of (labels, cell): what a table lists, in its order."""
+  name: str
+  rows: list
+
+  @property
+  def cells(self) -> list[Cell]:
+    return [cell for _, cell in self.rows]
+
+  @property
+  def labels(self) -> list[dict]:
+    return [dict(labels) for labels, _ in self.rows]
+
+
+@dataclasses.dataclass
+class Result:
+  rows: list[dict]
+  per_seed: list[list[dict]]
+  seeds: list[int]
+  runners: list
 
 
 def apply_overrides(config, overrides):
@@ -54,9 +86,15 @@ def apply_overrides(config, overrides):
     for p in parents:
       section = section[p]
     if leaf not in section:
-      raise KeyError(f'config has no field {path!r} (experiment cell override)')
+      raise KeyError(f'config has no field {path!r} (study cell override)')
     section[leaf] = value
   return config
+
+
+def seed_config(config, seed: int):
+  c = config.copy_and_resolve_references()
+  c.seed = int(seed)
+  return c
 
 
 def _plain(config) -> dict:
@@ -83,7 +121,6 @@ class Runner:
   """
 
   def __init__(self, config, workdir: str, *, mesh=None):
-    os.makedirs(workdir, exist_ok=True)
     self.config = config
     self.workdir = workdir
     self.setup = experiment.prepare(config, workdir, mesh=mesh)
@@ -110,13 +147,18 @@ class Runner:
     path = self._config_path(key)
     if not os.path.exists(path):
       return False
-    with open(path) as f:
-      saved = run_config.with_defaults(json.load(f), path)
+    saved = run_config.with_defaults(files.read_json(path), path)
     diff = run_config.differences(saved, _plain(config), ignored=PLACES)
     if diff:
       logging.warning('cells %s were measured with another config (%s): measuring them again',
                       key, '; '.join(diff[:3]) + (' ...' if len(diff) > 3 else ''))
     return not diff
+
+  def measured(self, cell: Cell) -> bool:
+    """Whether `cell`'s row is saved and current (nothing to measure)."""
+    key = self.key(cell)
+    return (self._current(key, self.cell_setup(cell.overrides).config)
+            and os.path.exists(self._paths(key, cell.attacker)[0]))
 
   def rows(self, cells) -> list[dict]:
     """Result rows of `cells` (in order); unmeasured ones are measured, grouped per defense setting
@@ -133,19 +175,17 @@ class Runner:
         todo = [a for a in attackers if not os.path.exists(self._paths(key, a)[0])]
       else:  # never measured, or measured under another config: none of its rows count
         todo = attackers
-        self._remove(key)
-        _atomic_json(self._config_path(key), _plain(setup.config))
+        self._forget(key)
+        files.write_json(self._config_path(key), _plain(setup.config))
       if not todo:
         continue
       logging.info('cell %s %s: attackers %s', cell.defense, dict(cell.overrides), todo)
-      results = experiment.evaluate_defense(setup, cell.defense, attackers=todo, cell=key)
+      results = experiment.evaluate_defense(setup, cell.defense, attackers=todo)
       for attacker, (row, recon) in zip(todo, results):
-        self._save(key, attacker, row, recon[self.figure_idx])
-    out = []
-    for key, cell in zip(keys, cells):
-      with open(self._paths(key, cell.attacker)[0]) as f:
-        out.append(json.load(f))
-    return out
+        path, npz = self._paths(key, attacker)
+        files.write_npz(npz, {'recon': recon[self.figure_idx]})
+        files.write_json(path, row)  # last: a row file means the cell is complete
+    return [files.read_json(self._paths(key, cell.attacker)[0]) for key, cell in zip(keys, cells)]
 
   def row(self, cell: Cell) -> dict:
     return self.rows([cell])[0]
@@ -158,23 +198,48 @@ class Runner:
   def figure_images(self) -> np.ndarray:
     return self.setup.splits.private_train.images[self.figure_idx]
 
-  def _remove(self, key: str) -> None:
+  def _forget(self, key: str) -> None:
     """Forgets a stale group's rows (its config file is rewritten before any new row)."""
     cells_dir = os.path.join(self.workdir, CELLS_DIR)
     if os.path.isdir(cells_dir):
-      for name in os.listdir(cells_dir):
-        if name.startswith(f'{key}_') and name.endswith('.json'):
-          os.remove(os.path.join(cells_dir, name))
-
-  def _save(self, key: str, attacker: str, row: dict, recon: np.ndarray) -> None:
-    path, npz = self._paths(key, attacker)
-    np.savez(npz + '.tmp.npz', recon=recon)
-    os.replace(npz + '.tmp.npz', npz)
-    _atomic_json(path, row)  # last: a row file means the cell is complete
+      files.remove([os.path.join(cells_dir, name) for name in sorted(os.listdir(cells_dir))
+                    if name.startswith(f'{key}_') and name.endswith('.json')])
 
 
-def _atomic_json(path: str, value) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=1, default=float)
-  os.replace(path + '.tmp', path)
+def seed_workdir(workdir: str, seed: int) -> str:
+  return os.path.join(workdir, f'seed_{int(seed)}')
+
+
+def runners(config, workdir: str, seeds, *, mesh=None):
+  """One Runner per seed in `<workdir>/seed_<s>`, prepared lazily (one seed's data at a time)."""
+  for s in seeds:
+    yield Runner(seed_config(config, s), seed_workdir(workdir, s), mesh=mesh)
+
+
+def run(study: Study, config, workdir: str, *, seeds, mesh=None, each_seed=None) -> Result:
+  """Measures `study` for every seed and aggregates the rows over seeds.
+
+  Args:
+    study: its rows (labels, cell).
+    config: the base config (each seed's is a copy with `seed` set).
+    workdir: the study's directory; seed s runs in `<workdir>/seed_<s>`.
+    seeds: the seeds.
+    mesh: optional device mesh.
+    each_seed: optional `each_seed(runner, rows)` called once a seed is measured (per-seed files).
+  """
+  seeds = [int(s) for s in seeds]
+  per_seed, done = [], []
+  for runner in runners(config, workdir, seeds, mesh=mesh):
+    rows = [dict(row, **_extra_labels(labels)) for labels, row in
+            zip(study.labels, runner.rows(study.cells))]
+    per_seed.append(rows)
+    done.append(runner)
+    if each_seed is not None:
+      each_seed(runner, rows)
+  return Result(rows=aggregate.mean_rows(per_seed, study.labels), per_seed=per_seed, seeds=seeds,
+                runners=done)
+
+
+def _extra_labels(labels: dict) -> dict:
+  """A study row's `label` (a name for one defense under several configs) travels with the row."""
+  return {'label': labels['label']} if 'label' in labels else {}
