@@ -175,6 +175,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.am = ml_collections.ConfigDict()    # Adaptive Misinformation (defenses/misinformation.py)
   c.am.threshold = 0.9                  # queries with max probability below it get misinformation
   c.am.steepness = 100.0                # sigmoid slope of the gate (large: a hard threshold)
+  c.tailfloor = ml_collections.ConfigDict()  # defenses/tailfloor.py
+  c.tailfloor.threshold = 0.01          # non-top entries below it are served as one fixed value ...
+  c.tailfloor.floor = ml_collections.config_dict.placeholder(float)  # ... this one (None: fitted)
+  c.tailfloor.fill = 'floor'            # 'floor' (that value) or 'noise' (log-uniform per row) ...
+  c.tailfloor.low = 1e-10               # ... on [low, threshold]
   c.poi_mse = ml_collections.ConfigDict()
   c.poi_mse.distance = 'mse'            # overrides of c.lpa for the Poi_MSE ablation (Table VII)
   # The `random` control: LPA's start (c.lpa.space, c.lpa.eps, its feasible map) and no optimisation.

@@ -9,13 +9,13 @@
 
 from mip_jax.defenses import lpa, none, protocol, random_control
 from mip_jax.defenses import advexa, lfp, noise, onepara, pgd, poi_mse, rounding, topk
-from mip_jax.defenses import bido, grad2, mid, misinformation, purification
+from mip_jax.defenses import bido, grad2, mid, misinformation, purification, tailfloor
 
 REGISTRY = {'none': none, 'random': random_control, 'lpa': lpa}
 REGISTRY.update(lfp=lfp, noise=noise, onepara=onepara, rounding=rounding, topk=topk, advexa=advexa,
                 pgd=pgd, poi_mse=poi_mse)
 REGISTRY.update(mid=mid, bido_coco=bido.COCO, bido_hsic=bido.HSIC, purification=purification)
-REGISTRY.update(grad2=grad2, am=misinformation)
+REGISTRY.update(grad2=grad2, am=misinformation, tailfloor=tailfloor)
 from mip_jax.defenses import vae  # noqa: E402  (Table IX generator)
 REGISTRY['vae'] = vae
 for _name, _defense in REGISTRY.items():  # a module missing part of the protocol fails at import

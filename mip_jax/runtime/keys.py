@@ -12,7 +12,7 @@ import numpy as np
 # The names the protocol uses (tests check that no two of them share a seed for seeds 0..9).
 STAGES = ('classifier', 'eval_classifier', 'attacker', 'attacker_sampling', 'substitute',
           'purification', 'vae', 'vae_serving', 'lpa', 'lfp', 'mid', 'bido', 'noise', 'onepara',
-          'table8')
+          'table8', 'tailfloor')
 
 
 def stage_seed(seed: int, name: str) -> int:

@@ -100,6 +100,8 @@ def default_grid(config) -> dict:
       'pgd': ('pgd', (), [{'pgd.eps': x} for x in (0.01, 0.05, 0.2)]),
       'grad2': ('grad2', (), [{'grad2.eps': x} for x in (0.01, 0.03, 0.1, 0.3)]),
       'am': ('am', (), [{'am.threshold': x} for x in (0.7, 0.9, 0.99)]),
+      'tailfloor': ('tailfloor', (), [{'tailfloor.threshold': x}
+                                      for x in (1e-4, 1e-3, 0.01, 0.03, 0.1, 0.3)]),
       'lfp': ('lfp', (), [{'lfp.budget': x} for x in (0.05, 0.2)]),
       'vae': ('vae', (), [{'vae.eps': x} for x in (0.01, 0.05)]),
       'mid': ('mid', (), [{'mid.beta': x} for x in (0.001, 0.01, 0.1)]),
@@ -145,9 +147,36 @@ def cells_of(config, settings, attacker_names) -> list[tuple[dict, engine.Cell]]
 
 # ---------------------------------------------------------------- from rows to the frontier
 
+@dataclasses.dataclass(frozen=True)
+class Measure:
+  """A privacy measure the frontier ranks by: a row field, and whether more of it leaks more
+  (attack accuracy) or less (reconstruction error of the very private image)."""
+  field: str
+  higher_leaks: bool
+  title: str
+
+  @property
+  def effective(self) -> str:
+    return f'effective_{self.field}'
+
+  def leak(self, values):
+    """Signed so that larger always means more leakage."""
+    v = np.asarray(values, np.float64)
+    return v if self.higher_leaks else -v
+
+
+# Attack accuracy asks whether a reconstruction shows the right class, which the label alone often
+# gives (every member of a class rebuilt as one class template); the reconstruction error of each
+# private image against its own reconstruction asks how much of *that* image leaks beyond its class.
+MEASURES = {
+    'attack_acc': Measure('attack_acc', True, 'effective attack accuracy'),
+    'recon_error': Measure('recon_error', False, 'effective reconstruction error'),
+}
+
+
 def effective(rows: list[dict], settings: list[Setting]) -> list[dict]:
-  """One entry per setting: its utility, each attacker's accuracy and the effective accuracy (the
-  per-seed maximum over the attackers measured), with the attacker that reached it most often."""
+  """One entry per setting: its utility, each attacker's results and, per measure, the effective
+  value (per seed, the best attacker's: max accuracy, min error) with the attacker reaching it."""
   by = {}
   for r in rows:
     by.setdefault((r['family'], r['knob']), []).append(r)
@@ -156,119 +185,131 @@ def effective(rows: list[dict], settings: list[Setting]) -> list[dict]:
     mine = by.get((s.family, s.knob))
     if not mine:
       continue
-    acc = np.asarray([r['attack_acc_seeds'] for r in mine])  # [attackers, seeds]
-    best = acc.argmax(axis=0)
-    eff = acc.max(axis=0)
     first = mine[0]
     entry = {'family': s.family, 'defense': s.defense, 'knob': s.knob,
              'overrides': {k: v for k, v in s.overrides},
-             'attackers': {r['attacker']: {'attack_acc': r['attack_acc'],
-                                          'attack_acc_std': r['attack_acc_std'],
-                                          'knn_dist': r.get('knn_dist'),
-                                          'recon_error': r['recon_error']} for r in mine},
-             'strongest': mine[int(np.bincount(best).argmax())]['attacker'],
-             **aggregate.stats('effective_attack_acc', eff)}
+             'attackers': {r['attacker']: {k: r.get(k) for k in
+                                          ('attack_acc', 'attack_acc_std', 'recon_error',
+                                           'recon_error_std', 'knn_dist')} for r in mine}}
+    for measure in MEASURES.values():
+      values = np.asarray([r[measure.field + '_seeds'] for r in mine])  # [attackers, seeds]
+      best = measure.leak(values).argmax(axis=0)
+      entry.update(aggregate.stats(measure.effective, values[best, np.arange(values.shape[1])]))
+      entry[f'{measure.effective}_by'] = mine[int(np.bincount(best).argmax())]['attacker']
     for k in ('model_acc', 'conf_dist', 'conf_dist_l1', 'conf_dist_private',
               'conf_dist_private_l1', 'agreement', 'ece', 'evaluator_acc'):
       if k in first:
         entry.update({k: first[k], f'{k}_std': first.get(f'{k}_std', 0.0),
                       f'{k}_seeds': first.get(f'{k}_seeds', [first[k]])})
-    strongest = next(r for r in mine if r['attacker'] == entry['strongest'])
-    entry['knn_dist'] = strongest.get('knn_dist')
-    entry['recon_error'] = strongest['recon_error']
+    knn = [r['knn_dist_seeds'] for r in mine if 'knn_dist_seeds' in r]
+    if knn:
+      entry.update(aggregate.stats('effective_knn_dist', np.min(knn, axis=0)))
     out.append(entry)
   return out
 
 
-def label_floor(rows: list[dict]) -> np.ndarray | None:
-  """Per seed: the `label` attacker's accuracy on the undefended model (None when not measured)."""
+def label_floor(rows: list[dict], measure: Measure) -> np.ndarray | None:
+  """Per seed: the `label` attacker's value on the undefended model (None when not measured)."""
   for r in rows:
     if r['family'] == UNDEFENDED and r['attacker'] == LABEL:
-      return np.asarray(r['attack_acc_seeds'])
+      return np.asarray(r[measure.field + '_seeds'])
   return None
 
 
-def add_leakage(entries: list[dict], floor: np.ndarray | None) -> None:
-  """leakage beyond labels (effective minus the undefended `label` attacker, per seed) and the
-  share of the none-to-label gap a setting closes."""
+def add_leakage(entries: list[dict], rows: list[dict]) -> None:
+  """Per measure: leakage beyond labels (how much more the best attacker gets than the `label`
+  attacker on the undefended model, per seed; in points of accuracy or of error) and the share of
+  the none-to-label gap a setting closes."""
   none = next((e for e in entries if e['family'] == UNDEFENDED), None)
-  if floor is None or none is None:
-    return
-  gap = np.asarray(none['effective_attack_acc_seeds']) - floor
-  for e in entries:
-    eff = np.asarray(e['effective_attack_acc_seeds'])
-    e.update(aggregate.stats('leakage', eff - floor))
-    e['gap_closed'] = float(np.mean(gap - (eff - floor)) / np.mean(gap)) if np.mean(gap) else None
+  for name, measure in MEASURES.items():
+    floor = label_floor(rows, measure)
+    if floor is None or none is None:
+      continue
+    gap = np.mean(measure.leak(none[measure.effective + '_seeds']) - measure.leak(floor))
+    for e in entries:
+      leak = measure.leak(e[measure.effective + '_seeds']) - measure.leak(floor)
+      e.update(aggregate.stats(f'leakage_{name}', leak))
+      e[f'gap_closed_{name}'] = float((gap - leak.mean()) / gap) if gap > 0 else None
 
 
-def front(entries: list[dict], axis: str = 'queries') -> list[dict]:
+def _key(e: dict, measure: Measure):
+  """Lower leaks less: the measure, then the other measure (attack accuracy saturates at the
+  label attacker's, where the error still tells settings apart)."""
+  other = next(m for m in MEASURES.values() if m is not measure)
+  return (float(measure.leak(e[measure.effective])), float(other.leak(e[other.effective])))
+
+
+def front(entries: list[dict], axis: str = 'queries', measure: Measure = MEASURES['attack_acc']):
   """A family's Pareto front: by rising distortion, each entry that leaks less than every entry of
   smaller distortion."""
   field = AXES[axis][0]
-  out, best = [], np.inf
-  for e in sorted(entries, key=lambda e: (e[field], e['effective_attack_acc'])):
-    if e['effective_attack_acc'] < best:
+  out, best = [], None
+  for e in sorted(entries, key=lambda e: (e[field],) + _key(e, measure)):
+    if best is None or _key(e, measure) < best:
       out.append(e)
-      best = e['effective_attack_acc']
+      best = _key(e, measure)
   return out
 
 
-def best_within(entries: list[dict], budget: float, axis: str = 'queries') -> dict | None:
-  """The entry of lowest effective attack accuracy with mean distortion <= budget (None: none)."""
+def best_within(entries: list[dict], budget: float, axis: str = 'queries',
+                measure: Measure = MEASURES['attack_acc']) -> dict | None:
+  """The entry that leaks least with mean distortion <= budget (None: none fits)."""
   field = AXES[axis][0]
   fits = [e for e in entries if e[field] <= budget]
-  return min(fits, key=lambda e: e['effective_attack_acc']) if fits else None
+  return min(fits, key=lambda e: _key(e, measure) + (e[field],)) if fits else None
 
 
-def by_budget(entries: list[dict], budgets, axis: str = 'queries') -> list[dict]:
+def by_budget(entries: list[dict], budgets, axis: str = 'queries',
+              measure: Measure = MEASURES['attack_acc']) -> list[dict]:
   """For each budget: every family's best entry, paired with the control's best at that budget."""
   families = list(dict.fromkeys(e['family'] for e in entries))
   out = []
   for b in budgets:
-    control = best_within([e for e in entries if e['family'] == CONTROL], b, axis)
+    control = best_within([e for e in entries if e['family'] == CONTROL], b, axis, measure)
     for fam in families:
-      best = best_within([e for e in entries if e['family'] == fam], b, axis)
+      best = best_within([e for e in entries if e['family'] == fam], b, axis, measure)
       if best is None:
         continue
-      row = {'budget': b, 'axis': axis, 'family': fam, 'entry': best}
+      row = {'budget': b, 'axis': axis, 'measure': measure.field, 'family': fam, 'entry': best}
       if control is not None and fam not in (CONTROL, UNDEFENDED):
-        row['vs_control'] = aggregate.paired(best['effective_attack_acc_seeds'],
-                                             control['effective_attack_acc_seeds']).as_dict()
+        row['vs_control'] = aggregate.paired(best[measure.effective + '_seeds'],
+                                             control[measure.effective + '_seeds']).as_dict()
         row['control_knob'] = control['knob']
       out.append(row)
   return out
 
 
-def recommended(table: list[dict], *, label_preserving_only: bool = False) -> list[dict]:
+def recommended(table: list[dict]) -> list[dict]:
   """Per budget: the family whose best setting leaks least (ties: the smaller distortion)."""
   out = []
   for b in dict.fromkeys(r['budget'] for r in table):
     rows = [r for r in table if r['budget'] == b and r['family'] != UNDEFENDED]
-    if label_preserving_only:
-      rows = [r for r in rows if r['entry'].get('agreement', 0) >= 1.0]
     if not rows:
       continue
-    axis_field = AXES[rows[0]['axis']][0]
-    best = min(rows, key=lambda r: (r['entry']['effective_attack_acc'], r['entry'][axis_field]))
+    measure = MEASURES[rows[0]['measure']]
+    field = AXES[rows[0]['axis']][0]
+    best = min(rows, key=lambda r: _key(r['entry'], measure) + (r['entry'][field],))
     e = best['entry']
     out.append({'budget': b, 'defense': e['defense'], 'family': e['family'],
-                'overrides': e['overrides'], axis_field: e[axis_field],
-                'effective_attack_acc': e['effective_attack_acc'],
-                'effective_attack_acc_std': e['effective_attack_acc_std'],
-                'model_acc': e.get('model_acc'), 'strongest': e['strongest']})
+                'overrides': e['overrides'], field: e[field],
+                **{k: e[k] for k in ('effective_attack_acc', 'effective_attack_acc_std',
+                                     'effective_recon_error', 'effective_recon_error_std')},
+                'model_acc': e.get('model_acc'), 'agreement': e.get('agreement'),
+                'attacker': e[measure.effective + '_by']})
   return out
 
 
 def front_settings(entries: list[dict], settings: list[Setting], budgets) -> list[Setting]:
-  """The settings on some family's front, on either axis, that some budget selects."""
+  """The settings some budget selects as a family's best, on either axis, by either measure."""
   keep = set()
   for fam in dict.fromkeys(e['family'] for e in entries):
     mine = [e for e in entries if e['family'] == fam]
     for axis in AXES:
-      for b in budgets:
-        best = best_within(mine, b, axis)
-        if best is not None:
-          keep.add((fam, best['knob']))
+      for measure in MEASURES.values():
+        for b in budgets:
+          best = best_within(mine, b, axis, measure)
+          if best is not None:
+            keep.add((fam, best['knob']))
   return [s for s in settings if (s.family, s.knob) in keep]
 
 
@@ -306,15 +347,19 @@ def run(config, workdir: str, *, seeds, mesh=None) -> dict:
     suited.update((s.family, s.knob) for s in todo)
   rows = list(rows_of.values())
   entries = effective(rows, settings)
-  add_leakage(entries, label_floor(rows))
+  add_leakage(entries, rows)
   for e in entries:
     e['suite'] = 'full' if (e['family'], e['knob']) in suited else 'cheap'
-  tables = {axis: by_budget(entries, budgets, axis) for axis in AXES}
+  tables = {f'{axis}/{name}': by_budget(entries, budgets, axis, measure)
+            for name, measure in MEASURES.items() for axis in AXES}
   doc = {'dataset': config.dataset, 'seeds': [int(s) for s in seeds], 'budgets': budgets,
          'attackers': {'cheap': list(cheap), 'suite': list(full)}, 'settings': entries,
-         'by_budget': tables, 'recommended': recommended(tables['queries']),
-         'recommended_private': recommended(tables['private']),
-         'label_floor': _floor_stats(rows), 'rows': rows, 'config': config.to_dict()}
+         'by_budget': tables,
+         'recommended': recommended(tables['queries/attack_acc']),
+         'recommended_by_error': recommended(tables['queries/recon_error']),
+         'recommended_private': recommended(tables['private/attack_acc']),
+         'label_floor': {name: _floor_stats(rows, m) for name, m in MEASURES.items()},
+         'rows': rows, 'config': config.to_dict()}
   text = markdown(doc)
   files.write_json(os.path.join(workdir, 'frontier.json'), doc)
   files.write_text(os.path.join(workdir, 'frontier.md'), text)
@@ -323,9 +368,9 @@ def run(config, workdir: str, *, seeds, mesh=None) -> dict:
   return {'markdown': text, **doc}
 
 
-def _floor_stats(rows) -> dict | None:
-  floor = label_floor(rows)
-  return None if floor is None else aggregate.stats('attack_acc', floor)
+def _floor_stats(rows, measure: Measure) -> dict | None:
+  floor = label_floor(rows, measure)
+  return None if floor is None else aggregate.stats(measure.field, floor)
 
 
 # ---------------------------------------------------------------- files
@@ -342,82 +387,105 @@ def _share(v) -> str:
 
 def markdown(doc: dict) -> str:
   entries = doc['settings']
-  floor = doc['label_floor']
   none = next((e for e in entries if e['family'] == UNDEFENDED), None)
   lines = [f'# Which defense to choose: the frontier on {doc["dataset"]}', '',
-           f'Seeds {", ".join(map(str, doc["seeds"]))}; every stage retrained per seed. Effective '
-           'attack accuracy: the best attacker of the suite, per seed, then mean ± std over seeds. '
-           f'Cheap attackers (every setting): {", ".join(doc["attackers"]["cheap"])}; the whole '
-           f'suite (settings on a front): {", ".join(doc["attackers"]["suite"])}.', '']
-  if floor and none:
-    lines += [f'Undefended: effective attack accuracy {_pct(none["effective_attack_acc"], none["effective_attack_acc_std"])}; '
-              f'the `label` attacker on the undefended model (the floor of every label-preserving '
-              f'defense): {_pct(floor["attack_acc"], floor["attack_acc_std"])}.', '']
-  for axis, (field, what) in AXES.items():
-    lines += [f'## At budget b ({what})', '',
-              '| Budget | Defense | Best setting | Distortion | Effective attack acc. | '
+           f'Seeds {", ".join(map(str, doc["seeds"]))}; every stage retrained per seed. Effective: '
+           'the best attacker of the suite, per seed (highest attack accuracy, lowest '
+           'reconstruction error), then mean ± std over seeds. Cheap attackers (every setting): '
+           f'{", ".join(doc["attackers"]["cheap"])}; the whole suite (settings some budget selects): '
+           f'{", ".join(doc["attackers"]["suite"])}.', '']
+  acc, err = doc['label_floor'].get('attack_acc'), doc['label_floor'].get('recon_error')
+  if acc and err and none:
+    lines += [f'Undefended: effective attack accuracy {_pct(none["effective_attack_acc"], none["effective_attack_acc_std"])}, '
+              f'effective reconstruction error {none["effective_recon_error"]:.4f}. The `label` '
+              'attacker on the undefended model, the floor of every label-preserving defense: '
+              f'attack accuracy {_pct(acc["attack_acc"], acc["attack_acc_std"])}, reconstruction '
+              f'error {err["recon_error"]:.4f} (one class template per label).', '']
+  for key, table in doc['by_budget'].items():
+    axis, name = key.split('/')
+    measure = MEASURES[name]
+    field, what = AXES[axis]
+    value = (lambda e: _pct(e[measure.effective], e[measure.effective + '_std'])) if \
+        measure.higher_leaks else (lambda e: f'{e[measure.effective]:.4f} ± {e[measure.effective + "_std"]:.4f}')
+    delta = (lambda v: f'{100 * v:+.1f}') if measure.higher_leaks else (lambda v: f'{v:+.4f}')
+    lines += [f'## {measure.title.capitalize()} at budget b ({what})', '',
+              f'| Budget | Defense | Best setting | Distortion | {measure.title.capitalize()} | '
               'Leakage beyond labels | Gap closed | Model acc. | vs `random` at b (paired, 95% CI) |',
               '|---|---|---|---|---|---|---|---|---|']
-    for r in doc['by_budget'][axis]:
+    for r in table:
       e = r['entry']
       vs = r.get('vs_control')
-      vs_text = '-' if vs is None else (
-          f'{100 * vs["mean"]:+.1f} [{100 * vs["ci95"][0]:+.1f}, {100 * vs["ci95"][1]:+.1f}]'
-          if vs['ci95'] else f'{100 * vs["mean"]:+.1f}') + (' settled' if vs and vs['settled'] else '')
+      vs_text = '-'
+      if vs is not None:
+        vs_text = delta(vs['mean']) + (f' [{delta(vs["ci95"][0])}, {delta(vs["ci95"][1])}]'
+                                       if vs['ci95'] else '') + (' settled' if vs['settled'] else '')
+      leak = e.get(f'leakage_{name}')
+      leak_text = '-' if leak is None else (delta(leak) if measure.higher_leaks else
+                                            f'{leak:+.4f}')
       lines.append(f'| {r["budget"]:g} | {r["family"]} | {e["knob"]} | {e[field]:.4f} | '
-                   f'{_pct(e["effective_attack_acc"], e["effective_attack_acc_std"])} '
-                   f'({e["strongest"]}) | {_pct(e.get("leakage"), e.get("leakage_std"))} | '
-                   f'{_share(e.get("gap_closed"))} | '
-                   f'{_pct(e.get("model_acc"))} | {vs_text} |')
+                   f'{value(e)} ({e[measure.effective + "_by"]}) | {leak_text} | '
+                   f'{_share(e.get(f"gap_closed_{name}"))} | {_pct(e.get("model_acc"))} | '
+                   f'{vs_text} |')
     lines.append('')
-  lines += ['## Recommended (queries axis)', '', '| Budget | Defense | Overrides | Conf. dist. | '
-            'Effective attack acc. | Model acc. |', '|---|---|---|---|---|---|']
-  for r in doc['recommended']:
-    over = ' '.join(f'--config.{k}={v}' for k, v in r['overrides'].items()) or '-'
-    lines.append(f'| {r["budget"]:g} | {r["defense"]} ({r["family"]}) | `{over}` | '
-                 f'{r["conf_dist"]:.4f} | {_pct(r["effective_attack_acc"], r["effective_attack_acc_std"])} | '
-                 f'{_pct(r["model_acc"])} |')
+  for title, key in (('attack accuracy', 'recommended'),
+                     ('reconstruction error', 'recommended_by_error')):
+    lines += [f'## Recommended by effective {title} (queries axis)', '',
+              '| Budget | Defense | Overrides | Conf. dist. | Effective attack acc. | '
+              'Effective recon. error | Model acc. |', '|---|---|---|---|---|---|---|']
+    for r in doc[key]:
+      over = ' '.join(f'--config.{k}={v}' for k, v in r['overrides'].items()) or '-'
+      lines.append(f'| {r["budget"]:g} | {r["defense"]} ({r["family"]}) | `{over}` | '
+                   f'{r["conf_dist"]:.4f} | '
+                   f'{_pct(r["effective_attack_acc"], r["effective_attack_acc_std"])} | '
+                   f'{r["effective_recon_error"]:.4f} | {_pct(r["model_acc"])} |')
+    lines.append('')
   names = list(dict.fromkeys(a for e in entries for a in e['attackers']))
-  lines += ['', '## Every setting', '',
+  lines += ['## Every setting', '', 'Attack accuracy / reconstruction error of each attacker.', '',
             '| Defense | Setting | Suite | Conf. dist. (queries) | Conf. dist. (private) | Model acc. '
-            '| Agreement | ECE | Effective | ' + ' | '.join(names) + ' | KNN dist. | Recon. error |',
-            '|' + '---|' * (12 + len(names))]
+            '| Agreement | ECE | Effective acc. | Effective error | Effective KNN dist. | '
+            + ' | '.join(names) + ' |', '|' + '---|' * (11 + len(names))]
   for e in entries:
-    accs = ' | '.join(_pct(e['attackers'][a]['attack_acc']) if a in e['attackers'] else '-'
-                      for a in names)
+    cells = ' | '.join(f'{_pct(e["attackers"][a]["attack_acc"])} / '
+                       f'{e["attackers"][a]["recon_error"]:.4f}' if a in e['attackers'] else '-'
+                       for a in names)
+    knn = e.get('effective_knn_dist')
     lines.append(f'| {e["family"]} | {e["knob"]} | {e["suite"]} | {e["conf_dist"]:.4f} | '
                  f'{e["conf_dist_private"]:.4f} | {_pct(e.get("model_acc"))} | '
                  f'{_pct(e.get("agreement"))} | {e.get("ece", float("nan")):.4f} | '
-                 f'{_pct(e["effective_attack_acc"], e["effective_attack_acc_std"])} | {accs} | '
-                 f'{e["knn_dist"]:.3f} | {e["recon_error"]:.4f} |')
+                 f'{_pct(e["effective_attack_acc"], e["effective_attack_acc_std"])} | '
+                 f'{e["effective_recon_error"]:.4f} | {"-" if knn is None else f"{knn:.3f}"} | '
+                 f'{cells} |')
   return '\n'.join(lines) + '\n'
 
 
-def figure(path: str, entries: list[dict], floor: dict | None, *, title: str) -> None:
-  """Effective attack accuracy against distortion, one panel per axis: each family's front as a
-  line (error bars: std over seeds), its other settings as faint points, the label floor dashed."""
-  fig, axes = plt.subplots(1, len(AXES), figsize=(7 * len(AXES), 5.5), squeeze=False)
+def figure(path: str, entries: list[dict], floors: dict, *, title: str) -> None:
+  """Per measure (rows) and axis (columns): each family's front as a line (error bars: std over
+  seeds), its other settings as faint points, the label attacker's floor dashed."""
+  fig, axes = plt.subplots(len(MEASURES), len(AXES), figsize=(7 * len(AXES), 5 * len(MEASURES)),
+                           squeeze=False)
   families = list(dict.fromkeys(e['family'] for e in entries))
-  for ax, (axis, (field, what)) in zip(axes[0], AXES.items()):
-    for i, fam in enumerate(families):
-      mine = [e for e in entries if e['family'] == fam]
-      color = f'C{i % 10}'
-      marker = 'os^Dv<>ph*'[i // 10 % 10]
-      pts = front(mine, axis)
-      x = [max(e[field], 1e-4) for e in pts]
-      ax.errorbar(x, [100 * e['effective_attack_acc'] for e in pts],
-                  yerr=[100 * e['effective_attack_acc_std'] for e in pts], color=color,
-                  marker=marker, capsize=2, label=fam, lw=1.2, ms=4)
-      ax.scatter([max(e[field], 1e-4) for e in mine], [100 * e['effective_attack_acc'] for e in mine],
-                 color=color, marker=marker, alpha=0.25, s=12)
-    if floor:
-      ax.axhline(100 * floor['attack_acc'], color='k', ls='--', lw=1,
-                 label='label attacker, undefended')
-    ax.set_xscale('log')
-    ax.set_xlabel(f'{what} (log scale)')
-    ax.set_ylabel('effective attack accuracy (%)')
-    ax.set_title(f'{title}: {axis}')
-    ax.grid(alpha=0.3)
+  for row, (name, measure) in enumerate(MEASURES.items()):
+    scale = 100 if measure.higher_leaks else 1
+    for ax, (axis, (field, what)) in zip(axes[row], AXES.items()):
+      for i, fam in enumerate(families):
+        mine = [e for e in entries if e['family'] == fam]
+        color, marker = f'C{i % 10}', 'os^Dv<>ph*'[i // 10 % 10]
+        pts = front(mine, axis, measure)
+        ax.errorbar([max(e[field], 1e-4) for e in pts], [scale * e[measure.effective] for e in pts],
+                    yerr=[scale * e[measure.effective + '_std'] for e in pts], color=color,
+                    marker=marker, capsize=2, label=fam, lw=1.2, ms=4)
+        ax.scatter([max(e[field], 1e-4) for e in mine],
+                   [scale * e[measure.effective] for e in mine], color=color, marker=marker,
+                   alpha=0.25, s=12)
+      floor = floors.get(name)
+      if floor:
+        ax.axhline(scale * floor[measure.field], color='k', ls='--', lw=1,
+                   label='label attacker, undefended')
+      ax.set_xscale('log')
+      ax.set_xlabel(f'{what} (log scale)')
+      ax.set_ylabel(measure.title + (' (%)' if measure.higher_leaks else ' (MSE)'))
+      ax.set_title(f'{title}: {axis}')
+      ax.grid(alpha=0.3)
   axes[0][-1].legend(fontsize=7, loc='center left', bbox_to_anchor=(1.0, 0.5))
   fig.tight_layout()
   files.write_with(path, lambda tmp: fig.savefig(tmp, dpi=100))
