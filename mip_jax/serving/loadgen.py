@@ -28,7 +28,7 @@ import numpy as np
 
 from mip_jax.protocol import metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
 
 def load(url: str, bodies: list[bytes], *, clients: int, requests: int, max_seconds: float,
