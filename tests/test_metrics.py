@@ -66,3 +66,31 @@ def test_attacker_input_dispatches_and_rejects_unknown():
   cfg.transform = 'sqrt'
   with pytest.raises(ValueError, match='known: log, floor, prob'):
     transforms.attacker_input(jnp.array([[0.2, 0.8]]), cfg)
+
+
+def test_expected_calibration_error_by_hand():
+  probs = np.array([[0.95, 0.05], [0.03, 0.97], [0.5, 0.5], [0.2, 0.8]])
+  labels = np.array([0, 0, 0, 1])  # right, wrong, right (a tie names index 0), right
+  # Bins of width 1/15: 0.95 and 0.97 share the last bin (accuracy 1/2, confidence 0.96); 0.5 and
+  # 0.8 are alone in theirs (accuracy 1).
+  expected = (2 / 4) * abs(0.5 - 0.96) + (1 / 4) * abs(1 - 0.5) + (1 / 4) * abs(1 - 0.8)
+  assert metrics.expected_calibration_error(probs, labels) == pytest.approx(expected)
+  # Always right with confidence 1: calibrated.
+  assert metrics.expected_calibration_error(np.eye(3), np.arange(3)) == 0.0
+
+
+def test_knn_feature_distance_by_hand():
+  private = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 5.0]])
+  private_labels = np.array([0, 0, 1])
+  recon = np.array([[1.0, 0.0], [9.0, 0.0], [0.0, 0.0]])
+  labels = np.array([0, 0, 1])
+  # nearest of its own class: 1 (to [0,0]), 1 (to [10,0]), 5 (the only class-1 image, [0,5])
+  assert metrics.knn_feature_distance(recon, labels, private, private_labels) == pytest.approx(7 / 3)
+  with pytest.raises(ValueError, match='class 2'):
+    metrics.knn_feature_distance(recon, np.array([0, 0, 2]), private, private_labels)
+
+
+def test_l1_distortion_is_twice_the_mass_moved():
+  clean = np.array([[0.7, 0.2, 0.1]])
+  served = np.array([[0.6, 0.3, 0.1]])
+  assert metrics.confidence_distortion_l1(served, clean) == pytest.approx(0.2)

@@ -111,3 +111,48 @@ def test_epoch_batches_cover_each_example_once():
   flat = np.concatenate(batches)
   assert len(np.unique(flat)) == 48
   assert not np.array_equal(flat, np.concatenate(train.epoch_batches(50, 16, seed=1, epoch=1)))
+
+
+def validation_loss(state):
+  """The training loss on held-out rows that follow another rule: it falls, then rises as the
+  model fits the training rule (a stopping point exists)."""
+  x, y = data()
+  pred = MODEL.apply(jax.device_get(state.variables), x[:16] * 3, train=False)
+  return float(np.mean((pred - y[:16]) ** 2))
+
+
+def stopping_run(tmp_path, epochs, step_fn=step, patience=2):
+  ckpt = checkpoints.StageCheckpoint(str(tmp_path), 'early', checkpoints.fingerprint({'a': 3}))
+  early = train.EarlyStopping(validate=validation_loss, patience=patience)
+  try:
+    return train.fit(fresh_state(), step_fn, data(), epochs=epochs, batch_size=16, seed=3,
+                     checkpoint=ckpt, early_stopping=early)
+  finally:
+    ckpt.close()
+
+
+def test_early_stopping_keeps_the_best_epoch_and_resumes_with_its_patience(tmp_path):
+  best = stopping_run(tmp_path / 'a', 40)
+  meta = checkpoints.StageCheckpoint(str(tmp_path / 'a'), 'early', checkpoints.fingerprint({'a': 3}))
+  record = meta.latest()
+  meta.close()
+  assert record['stopped'] and record['done'] and record['epoch'] < 40
+  assert record['epoch'] == record['best_epoch'] + 2  # patience 2
+  assert validation_loss(best) == pytest.approx(record['best_loss'], rel=1e-6)
+  # A run killed after its best epoch resumes to the same stop and the same best state.
+  killed = lambda s, b, r: step(s, b, r, fail_at=4 * (record['best_epoch'] + 1))
+  with pytest.raises(FloatingPointError):
+    stopping_run(tmp_path / 'b', 40, killed)
+  resumed = stopping_run(tmp_path / 'b', 40)
+  assert leaves_equal(resumed.params, best.params)
+  # A finished stage is loaded: its best state, without training.
+  never = lambda s, b, r: (_ for _ in ()).throw(AssertionError('retrained a finished stage'))
+  assert leaves_equal(stopping_run(tmp_path / 'a', 40, never).params, best.params)
+
+
+def test_a_step_compiles_once_for_equal_static_arguments():
+  a = train.Step(step, fail_at=None)
+  assert a == train.Step(step, fail_at=None) and hash(a) == hash(train.Step(step, fail_at=None))
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ('data',))
+  assert train._jitted_step(a, mesh) is train._jitted_step(train.Step(step, fail_at=None), mesh)
+  assert train._jitted_step(a, mesh) is not train._jitted_step(train.Step(step, fail_at=3), mesh)

@@ -45,11 +45,13 @@ def fit(setup) -> dict:
   m = setup.clean['private_train'].shape[1]
   if not 0 < cfg.threshold < 1:
     raise ValueError(f'tailfloor.threshold must lie in (0, 1); got {cfg.threshold}')
-  floor = fitted_floor(setup.clean['private_train']) if cfg.floor is None else float(cfg.floor)
-  floor = min(floor, float(cfg.threshold))
-  if not 0 < floor < 1.0 / m:
-    raise ValueError(f'tailfloor.floor must lie in (0, 1/m = {1.0 / m:.4g}) and below the '
-                     f'threshold; got {cfg.floor}')
+  if cfg.floor is None:  # fitted, and never above the entries it stands for
+    floor = min(fitted_floor(setup.clean['private_train']), 0.5 * float(cfg.threshold))
+  else:
+    floor = float(cfg.floor)
+  if not 0 < floor < min(1.0 / m, cfg.threshold):
+    raise ValueError(f'tailfloor.floor must lie in (0, min(1/m, tailfloor.threshold)) = '
+                     f'(0, {min(1.0 / m, cfg.threshold):.4g}); got {cfg.floor}')
   if cfg.fill not in FILLS:
     raise ValueError(f'tailfloor.fill must be one of {FILLS}; got {cfg.fill!r}')
   if cfg.fill == 'noise' and not 0 < cfg.low < cfg.threshold:
