@@ -58,7 +58,8 @@ def test_random_control_is_lpa_without_optimisation(where):
   c, model, variables, g_t, probs, images = craft_lpa.problem('aggregate')
   c.lpa.space, c.lpa.steps, c.lpa.restarts = where, 0, 1
   p, x = probs.astype(np.float32), images.astype(np.float32)
-  crafted, _ = lpa.Crafter(model=model, variables=variables, target_grad=g_t, config=c)(p, x, seed=c.seed)
+  crafted, _ = lpa.Crafter(model=model, variables=variables, target_grad=g_t, config=c)(
+      p, x, seed=space.crafting_seed(c))
   state = random_control.fit(_random_setup(c))
   control = random_control.apply(state, p)
   np.testing.assert_allclose(control, crafted, atol=1e-7)
