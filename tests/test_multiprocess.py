@@ -95,15 +95,18 @@ def test_two_process_run_writes_each_file_once_and_restores_its_checkpoints(tmp_
   # Process 0 wrote every result file exactly once (write-then-rename: the .tmp name is opened).
   assert sorted(w.replace('.tmp.npz', '').replace('.tmp', '') for w in results) == files
   assert [f for f in files if f.startswith('perturbations')]  # LPA's crafted vectors
+  cells = [f for f in files if f.startswith('cells')]  # the engine's cells: 2 defenses, configs
+  assert len([f for f in cells if f.endswith('_none.json')]) == 2 and len(cells) == 6
   assert {'results.json', 'results.md', os.path.join('figures', 'reconstructions.png')} <= set(files)
   assert writers[1]['writes'] == []  # process 1 wrote nothing (Orbax's array data aside)
   strip = lambda rows: [{k: v for k, v in r.items() if k != 'defend_seconds'} for r in rows]
   assert strip(writers[1]['rows']) == strip(writers[0]['rows'])  # both processes saw the same
 
-  # Again, in load-only mode: every stage comes from its checkpoint (no training, no checkpoint
-  # written), LPA from its cached file; process 0 rewrites the results, process 1 nothing.
+  # Again, in load-only mode: the classifiers come from their checkpoints (no training, no
+  # checkpoint written), every cell from its file (nothing measured, no cell rewritten); process 0
+  # rewrites the results, process 1 nothing.
   run_processes('reload', tmp_path, processes=2, devices=2, cache_dir=cache)
-  rewritten = [w for w in results if not w.startswith('perturbations')]
+  rewritten = [w for w in results if not w.startswith(('perturbations', 'cells'))]
   for i in range(2):
     again = json.load(open(tmp_path / f'reload_{i}.json'))
     assert again['writes'] == (rewritten if i == 0 else [])

@@ -7,7 +7,8 @@
 Tasks:
   equality: LPA crafting (both modes) and one decoder training epoch on a fixed tiny problem;
     process 0 writes OUT_DIR/equality.npz.
-  experiment: the tiny digits protocol (none and lpa) in OUT_DIR/run; each process records every
+  experiment: the tiny digits comparison (none and lpa; a study on the cell engine) in OUT_DIR/run;
+    each process records every
     file it opened for writing there (a Python audit hook: the real writes, not a mock) in
     OUT_DIR/writes_<process>.json, with the result rows.
   reload: the same protocol again, in load-only mode: every stage must come from its checkpoint.
@@ -63,8 +64,8 @@ def equality(out_dir: str):
 
 def experiment(out_dir: str, *, load_only: bool):
   from configs import digits
-  from mip_jax.protocol import experiment as protocol
   from mip_jax.runtime import train
+  from mip_jax.studies import compare
   workdir = os.path.realpath(os.path.join(out_dir, 'run'))
   writes = []
 
@@ -82,9 +83,9 @@ def experiment(out_dir: str, *, load_only: bool):
   config.classifier.epochs = config.eval_classifier.epochs = config.decoder.epochs = 1
   if load_only:
     with train.load_only():
-      result = protocol.run(config, workdir, defenses_to_run=('none', 'lpa'))
+      result = compare.run(config, workdir, defenses=('none', 'lpa'))
   else:
-    result = protocol.run(config, workdir, defenses_to_run=('none', 'lpa'))
+    result = compare.run(config, workdir, defenses=('none', 'lpa'))
   rows = [{k: v for k, v in r.items() if k != 'eps_eta'} for r in result['rows']]
   doc = {'process': jax.process_index(), 'writes': writes, 'rows': rows}
   name = f'{"reload" if load_only else "writes"}_{jax.process_index()}.json'
