@@ -3,6 +3,7 @@
   python -m launch.frontier --config=configs/mnist5k.py --seeds=0,1,2 --workdir=runs/frontier
   python -m launch.frontier --config=configs/digits.py --seeds=0,1,2 --workdir=runs/frontier_digits
   python -m launch.frontier --config=configs/digits.py:tiny --workdir=/tmp/f   # seconds
+  python -m launch.frontier --config=configs/mnist5k.py --seeds=0 --workdir=runs/frontier --convergence
   python -m launch.frontier --config=configs/digits.py --families=none,random,topk --attackers=floor,label
 Writes <workdir>/frontier.md (the best setting of each defense at each budget, on the attacker's
 queries and on the private test set, paired against the `random` control), frontier.json (with
@@ -20,6 +21,8 @@ from launch import common
 flags.mark_flags_as_required(['config'])
 FAMILIES = flags.DEFINE_list('families', None, 'Only these families of the grid (e.g. none,random,topk; '
                              'default: config.frontier.families, all).')
+CONVERGENCE = flags.DEFINE_bool('convergence', False, 'Instead: the undefended floor and label '
+                                 'attackers against training epochs (convergence.md / .png).')
 ATTACKERS = flags.DEFINE_list('attackers', None, 'Attackers of the suite (mip_jax/attacks/suite.py) '
                               'to run on every setting, in one phase (default: config.frontier.cheap '
                               'everywhere, then config.frontier.suite on the front settings).')
@@ -41,13 +44,16 @@ def main(argv):
   workdir = common.workdir_for(config)
   log_file = console.to_workdir(workdir)  # library records to <workdir>/log.txt, not the terminal
   common.log_devices()
+  seeds = common.SEEDS.value or [config.seed]
+  what = frontier.convergence if CONVERGENCE.value else frontier.run
   try:
-    result = frontier.run(config, workdir, seeds=common.SEEDS.value or [config.seed])
+    result = what(config, workdir, seeds=seeds)
   except (DatasetNotFoundError, ValueError) as e:
     sys.exit(f'error: {e}')
   if parallel.is_main_process():
+    name = 'convergence' if CONVERGENCE.value else 'frontier'
     print(result['markdown'])
-    print(f'written to {workdir}: frontier.md, frontier.json, frontier.png; log: {log_file}')
+    print(f'written to {workdir}: {name}.md, {name}.json, {name}.png; log: {log_file}')
 
 
 if __name__ == '__main__':

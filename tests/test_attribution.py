@@ -93,7 +93,7 @@ def test_floor_attacker_reads_an_exact_zero_as_a_tiny_number():
   prob = suite.parse('prob').attack_config(cfg)
   assert prob.transform == 'prob' and cfg.transform == 'log'   # the paper's config is untouched
   np.testing.assert_allclose(np.asarray(transforms.attacker_input(zero, prob)), zero)
-  with pytest.raises(ValueError, match='known: none, noise, softmax, floor, prob'):
+  with pytest.raises(ValueError, match='known: none, floor, prob, noise, softmax, label'):
     suite.check('flor')
 
 

@@ -102,7 +102,7 @@ def test_a_saturated_accuracy_ties_are_broken_by_the_error():
 def test_tiny_frontier_end_to_end(tiny_config, tmp_path):
   c = tiny_config
   c.frontier.max_epochs = 2
-  c.frontier.families = ('none', 'random', 'tailfloor')
+  c.frontier.families = ('none', 'random', 'tailfloor:noise')
   c.frontier.cheap = ('floor', 'label')
   c.frontier.suite = ('floor', 'label', 'rank:defended')
   with c.unlocked():
@@ -111,7 +111,7 @@ def test_tiny_frontier_end_to_end(tiny_config, tmp_path):
   doc = json.load(open(tmp_path / 'frontier.json'))
   assert os.path.getsize(tmp_path / 'frontier.png') > 1000
   families = [e['family'] for e in doc['settings']]
-  assert families.count('random') == 7 and families.count('tailfloor') == 6
+  assert families.count('random') == 7 and families.count('tailfloor:noise') == 5
   full = [e for e in doc['settings'] if e['suite'] == 'full']
   assert full and all('rank:defended' in e['attackers'] for e in full)
   for e in doc['settings']:

@@ -58,7 +58,7 @@ class Setting:
 
 
 # Fields that name a defense's form rather than its knob (shown in the family name).
-FORM_FIELDS = ('lpa.space', 'lpa.objective')
+FORM_FIELDS = ('lpa.space', 'lpa.objective', 'tailfloor.fill')
 ATTRIBUTED = (('lpa.space', 'log'), ('lpa.objective', 'decoy_class'))
 
 
@@ -100,8 +100,10 @@ def default_grid(config) -> dict:
       'pgd': ('pgd', (), [{'pgd.eps': x} for x in (0.01, 0.05, 0.2)]),
       'grad2': ('grad2', (), [{'grad2.eps': x} for x in (0.01, 0.03, 0.1, 0.3)]),
       'am': ('am', (), [{'am.threshold': x} for x in (0.7, 0.9, 0.99)]),
-      'tailfloor': ('tailfloor', (), [{'tailfloor.threshold': x}
-                                      for x in (1e-4, 1e-3, 0.01, 0.03, 0.1, 0.3)]),
+      'tailfloor': ('tailfloor', (('tailfloor.fill', 'floor'),), [{'tailfloor.threshold': x}
+                                                                for x in (1e-3, 0.01, 0.05, 0.2)]),
+      'tailfloor:noise': ('tailfloor', (('tailfloor.fill', 'noise'),),
+                          [{'tailfloor.threshold': x} for x in (1e-4, 1e-3, 0.01, 0.05, 0.2)]),
       'lfp': ('lfp', (), [{'lfp.budget': x} for x in (0.05, 0.2)]),
       'vae': ('vae', (), [{'vae.eps': x} for x in (0.01, 0.05)]),
       'mid': ('mid', (), [{'mid.beta': x} for x in (0.001, 0.01, 0.1)]),
@@ -371,6 +373,54 @@ def run(config, workdir: str, *, seeds, mesh=None) -> dict:
 def _floor_stats(rows, measure: Measure) -> dict | None:
   floor = label_floor(rows, measure)
   return None if floor is None else aggregate.stats(measure.field, floor)
+
+
+# ---------------------------------------------------------------- is the attacker converged?
+
+def convergence(config, workdir: str, *, seeds, epochs=(5, 10, 20, 40, 80, 160), mesh=None) -> dict:
+  """The undefended `floor` and `label` attackers trained for a fixed number of epochs each, next
+  to the early-stopped one the frontier uses: attack accuracy and reconstruction error against
+  epochs, so a reader sees whether the frontier's attackers are converged. Writes
+  convergence.md / .json / .png in workdir (cells shared with the frontier's seeds)."""
+  fixed = lambda e: (('attack.patience', None), ('decoder.epochs', int(e)),
+                     ('substitute.epochs', int(training_overrides(config)[2][1])))
+  rows = [({'epochs': int(e), 'attacker': a}, engine.Cell(UNDEFENDED, fixed(e), a))
+          for a in ('floor', 'label') for e in epochs]
+  rows += [({'epochs': 'early stopping', 'attacker': a},
+            engine.Cell(UNDEFENDED, training_overrides(config), a)) for a in ('floor', 'label')]
+  result = engine.run(engine.Study('convergence', rows), config, workdir, seeds=seeds, mesh=mesh)
+  lines = [f'# Is the attacker converged? Undefended {config.dataset}', '',
+           f'Seeds {", ".join(map(str, result.seeds))}; the attacker trained for a fixed number of '
+           f'epochs, and with early stopping (patience {config.frontier.patience}, at most '
+           f'{config.frontier.max_epochs} epochs) as in the frontier. Mean ± std over seeds.', '',
+           '| Attacker | Epochs | Attack acc. | Recon. error | KNN dist. |', '|---|---|---|---|---|']
+  for r in result.rows:
+    lines.append(f'| {r["attacker"]} | {r["epochs"]} | {_pct(r["attack_acc"], r["attack_acc_std"])} '
+                 f'| {r["recon_error"]:.4f} ± {r["recon_error_std"]:.4f} | {r["knn_dist"]:.3f} |')
+  text = '\n'.join(lines) + '\n'
+  files.write_text(os.path.join(workdir, 'convergence.md'), text)
+  files.write_json(os.path.join(workdir, 'convergence.json'),
+                   {'dataset': config.dataset, 'seeds': result.seeds, 'rows': result.rows})
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for a in ('floor', 'label'):
+    mine = [r for r in result.rows if r['attacker'] == a and r['epochs'] != 'early stopping']
+    early = next(r for r in result.rows if r['attacker'] == a and r['epochs'] == 'early stopping')
+    for ax, k, scale in ((axes[0], 'attack_acc', 100), (axes[1], 'recon_error', 1)):
+      line = ax.errorbar([r['epochs'] for r in mine], [scale * r[k] for r in mine],
+                         yerr=[scale * r[k + '_std'] for r in mine], marker='o', capsize=3,
+                         label=f'{a} attacker')
+      ax.axhline(scale * early[k], color=line[0].get_color(), ls=':',
+                 label=f'{a}, early stopping')
+  for ax, what in zip(axes, ('attack accuracy (%)', 'reconstruction error (MSE)')):
+    ax.set_xscale('log')
+    ax.set_xlabel('attacker epochs')
+    ax.set_ylabel(what)
+    ax.legend(fontsize=8)
+  fig.suptitle(f'{config.dataset}: undefended attackers against training epochs')
+  fig.tight_layout()
+  files.write_with(os.path.join(workdir, 'convergence.png'), lambda tmp: fig.savefig(tmp, dpi=100))
+  plt.close(fig)
+  return {'markdown': text, 'rows': result.rows}
 
 
 # ---------------------------------------------------------------- files
