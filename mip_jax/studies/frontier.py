@@ -58,7 +58,7 @@ class Setting:
 
 
 # Fields that name a defense's form rather than its knob (shown in the family name).
-FORM_FIELDS = ('lpa.space', 'lpa.objective', 'tailfloor.fill')
+FORM_FIELDS = ('lpa.space', 'lpa.objective', 'lpa.steps', 'tailfloor.fill', 'grad2.objective')
 ATTRIBUTED = (('lpa.space', 'log'), ('lpa.objective', 'decoy_class'))
 
 
@@ -91,6 +91,8 @@ def default_grid(config) -> dict:
       'random:log': ('random', (('lpa.space', 'log'),), eps(0.005, 0.02, 0.05, 0.2)),
       'lpa': ('lpa', (), eps(0.002, 0.01, 0.05, 0.2)),
       'lpa:attributed': ('lpa', ATTRIBUTED, eps(0.01, 0.05, 0.2)),
+      # LPA at a serving budget: 10 crafting rounds instead of the paper's 240.
+      'lpa:10 rounds': ('lpa', (('lpa.steps', 10),), eps(0.002, 0.01)),
       'poi_mse': ('poi_mse', (), eps(0.01, 0.05)),
       'noise': ('noise', (), [{'noise.scale': x} for x in (0.002, 0.01, 0.03, 0.1, 0.2)]),
       'onepara': ('onepara', (), [{'onepara.epsilon': x} for x in (200.0, 50.0, 10.0)]),
@@ -99,6 +101,10 @@ def default_grid(config) -> dict:
       'advexa': ('advexa', (), [{'advexa.eps': x} for x in (0.01, 0.05, 0.2)]),
       'pgd': ('pgd', (), [{'pgd.eps': x} for x in (0.01, 0.05, 0.2)]),
       'grad2': ('grad2', (), [{'grad2.eps': x} for x in (0.01, 0.03, 0.1, 0.3)]),
+      # The same one-step move aimed at LPA's own untargeted direction (worse private
+      # reconstructions) instead of a decoy.
+      'grad2:untargeted': ('grad2', (('grad2.objective', 'untargeted'),),
+                           [{'grad2.eps': x} for x in (0.01, 0.03, 0.1)]),
       'am': ('am', (), [{'am.threshold': x} for x in (0.7, 0.9, 0.99)]),
       'tailfloor': ('tailfloor', (('tailfloor.fill', 'floor'),), [{'tailfloor.threshold': x}
                                                                 for x in (1e-3, 0.01, 0.05, 0.2)]),
