@@ -72,8 +72,10 @@ def test_rows_are_probability_vectors_for_every_query(setup, fitted, name):
 
 @pytest.mark.parametrize('name', NAMES)
 def test_stage_is_checkpointed_and_reused_on_a_second_fit(setup, fitted, name, monkeypatch):
-  stage_dir = os.path.join(setup.workdir, 'checkpoints', STAGES[name])
-  assert os.path.isdir(stage_dir) and os.listdir(stage_dir)
+  stage_dirs = [d for d in os.listdir(os.path.join(setup.workdir, 'checkpoints'))
+                if d == STAGES[name] or d.startswith(STAGES[name] + '_')]  # purifier_<hash>
+  assert len(stage_dirs) == 1
+  assert os.listdir(os.path.join(setup.workdir, 'checkpoints', stage_dirs[0]))
   module, step = STEPS[name]
   monkeypatch.setattr(module, step, None)        # any training step would now fail
   monkeypatch.setattr(stages, 'classifier_step', None)

@@ -201,7 +201,8 @@ def test_tiny_run_with_lpa_and_vae_writes_table_ix_and_reuses_the_stage(tiny_con
   rows = {r['defense']: r for r in result['rows']}
   assert rows['vae']['label_flip_rate'] == 0.0
   assert 0.0 < rows['vae']['conf_dist'] <= tiny_config.vae.eps * (1 + 1e-5)
-  assert os.path.isdir(os.path.join(workdir, 'checkpoints', 'vae'))
+  assert len([d for d in os.listdir(os.path.join(workdir, 'checkpoints'))
+              if d.startswith('vae_')]) == 1  # the generator's stage, named by its settings
   md = open(os.path.join(workdir, 'results.md')).read()
   assert '## Table IX' in md and '| VAE |' in md and '| Opti. (LPA) |' in md
   assert 'launch.benchmark' in md  # no latency measured yet

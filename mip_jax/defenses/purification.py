@@ -138,8 +138,10 @@ def train_purifier(setup):
   labels = {name: name for name in optimizers}
   state = train.TrainState.create(variables=variables,
                                   tx=optax.multi_transform(optimizers, labels))
-  stage = 'purifier_adversarial' if adversarial else 'purifier'
-  ckpt = checkpoints.StageCheckpoint(setup.workdir, stage, checkpoints.fingerprint(fingerprint))
+  key = checkpoints.fingerprint(fingerprint)
+  # Named by what defines it: purifiers of two settings (or two attacker decoders) share a workdir.
+  stage = f'{"purifier_adversarial" if adversarial else "purifier"}_{key[:8]}'
+  ckpt = checkpoints.StageCheckpoint(setup.workdir, stage, key)
   label_weight, adversarial_weight = float(cfg.label_weight), float(cfg.adversarial_weight)
   step = lambda s, b, r: purifier_step(s, b, r, purifier=purifier, inverter=inverter,
                                        attack_cfg=config.attack, label_weight=label_weight,

@@ -115,7 +115,7 @@ def generator_step(state: train.TrainState, batch: tuple, rng: jax.Array, *, mod
 def train_generator(config, probs: np.ndarray, targets: np.ndarray, images: np.ndarray, *, loss_fn,
                     sub_params, target_grad, workdir: str, seed: int, mesh=None,
                     fingerprint_extra=None):
-  """Trains (or loads) the generator stage 'vae' on (c, c*, x); returns (model, params).
+  """Trains (or loads) the generator stage 'vae_<hash>' on (c, c*, x); returns (model, params).
 
   The fingerprint covers config.vae, what defines the substitute and LPA's vectors (decoder, attack
   transform, config.lpa) and the training vectors themselves, so a workdir never reuses a generator
@@ -126,17 +126,19 @@ def train_generator(config, probs: np.ndarray, targets: np.ndarray, images: np.n
   variables = model.init(jax.random.key(seed), jnp.asarray(probs[:1]), jnp.asarray(probs[:1]),
                          sample=False)
   state = train.TrainState.create(variables=variables, tx=optax.adam(cfg.learning_rate))
-  ckpt = checkpoints.StageCheckpoint(workdir, STAGE, checkpoints.fingerprint(
+  key = checkpoints.fingerprint(
       [cfg.to_dict(), config.decoder.to_dict(), config.substitute.to_dict(), config.attack.to_dict(),
-       config.lpa.to_dict(), seed,
-       fingerprint_extra, checkpoints.array_fingerprint(probs)]))
+       config.lpa.to_dict(), seed, fingerprint_extra, checkpoints.array_fingerprint(probs)])
+  # Named by what defines it: generators of two settings (vae.eps 0.01 and 0.05) share a workdir.
+  stage = f'{STAGE}_{key[:8]}'
+  ckpt = checkpoints.StageCheckpoint(workdir, stage, key)
   mesh = mesh or parallel.data_mesh()
   # Device arrays (replicated), not numpy: closed-over numpy arrays would become HLO constants.
   step = functools.partial(generator_step, model=model, loss_fn=loss_fn,
                            sub_params=parallel.replicate(sub_params, mesh),
                            target_grad=parallel.replicate(target_grad, mesh), cfg=cfg)
   state = train.fit(state, step, (probs, targets, images), epochs=cfg.epochs,
-                    batch_size=cfg.batch_size, seed=seed, checkpoint=ckpt, mesh=mesh, desc=STAGE)
+                    batch_size=cfg.batch_size, seed=seed, checkpoint=ckpt, mesh=mesh, desc=stage)
   ckpt.close()
   return model, jax.device_get(state.params)
 
@@ -203,8 +205,8 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
   if not finite.all():
     bad = np.flatnonzero(~finite)
     raise FloatingPointError(f'the VAE generator produced NaN/inf for {len(bad)} rows (first: '
-                             f'{bad[:10].tolist()}); retrain stage {STAGE!r} (delete '
-                             f'<workdir>/checkpoints/{STAGE}) with a lower vae.learning_rate')
+                             f'{bad[:10].tolist()}); retrain its stage (delete '
+                             f'<workdir>/checkpoints/{STAGE}_*) with a lower vae.learning_rate')
   logging.info('VAE defended %d vectors: mean L2 distortion %.5f', len(probs),
                float(np.mean(np.linalg.norm(defended - probs, axis=1))) if len(probs) else 0.0)
   return defended
