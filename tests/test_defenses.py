@@ -196,7 +196,7 @@ def test_lfp_fine_tuning_stays_near_the_reversed_vectors(setup, fitted, tmp_path
   cfg = setup.config.lfp
   probs, images = hand_made_probs(), query_images(setup)
   out = module.apply(state, probs, images=images)
-  mask = lfp.pick(probs, budget=cfg.budget, threshold=cfg.threshold, seed=setup.config.seed)
+  mask = lfp.pick(probs, budget=cfg.budget, threshold=cfg.threshold, seed=state['seed'])
   assert 0 < mask.sum() <= int(cfg.budget * N)
   reversed_ = lfp.reverse(probs[mask])
   assert np.all(out[mask].argmax(1) == reversed_.argmax(1))

@@ -89,6 +89,8 @@ def test_lpa_launcher_on_a_facescrub_style_folder(tmp_path):
   lpa_row = doc['rows'][1]
   assert lpa_row['label_flip_rate'] == 0.0 and 0 < lpa_row['conf_dist'] <= 0.01 + 1e-6
   assert os.listdir(tmp_path / 'run' / 'perturbations')
-  for stage in ('classifier', 'eval_classifier', 'attacker_none', 'attacker_lpa'):
-    assert (tmp_path / 'run' / 'checkpoints' / stage).is_dir()
+  stages = os.listdir(tmp_path / 'run' / 'checkpoints')
+  assert {'classifier', 'eval_classifier'} <= set(stages)
+  # The paper's attacker once per row: two decoders named by what they learn from.
+  assert len([s for s in stages if s.startswith('attacker_none_')]) == 2
   assert [d for d in os.listdir(tmp_path / 'run' / 'checkpoints') if d.startswith('substitute')]

@@ -118,9 +118,13 @@ def test_mid_sampling_at_inference_is_seeded_and_noisy(setup, fitted):
 
 
 def test_adversarial_purifier_is_its_own_stage(setup, fitted, tmp_path):
+  def purifiers():
+    return {d for d in os.listdir(os.path.join(setup.workdir, 'checkpoints'))
+            if d.startswith('purifier_')}
+  before = purifiers()
   adv = with_config(setup, setup.workdir, **{'purification.adversarial': True})
   _, out = served(adv, 'purification')
-  assert os.path.isdir(os.path.join(setup.workdir, 'checkpoints', 'purifier_adversarial'))
+  assert len(purifiers() - before) == 1  # a stage of its own, beside the plain purifier's
   metrics.check_probability_vectors(out['attack_train'])
   assert np.abs(out['attack_train'] - fitted['purification'][1]['attack_train']).max() > 1e-5
 

@@ -8,7 +8,7 @@
 
 Each writes a temporary file next to `path` and renames it into place, so a run killed at any point
 leaves the old file or the new one, never half of one. With several JAX processes the write runs on
-process 0 and every process waits at a barrier until it is done (`parallel.on_main_process`), so a
+process 0 between two barriers that every process passes (`parallel.on_main_process`), so a
 process that checks for the file right after never disagrees with another.
 """
 

@@ -89,11 +89,13 @@ def barrier(name: str) -> None:
 
 
 def on_main_process(write: Callable[[], Any], name: str) -> None:
-  """Runs `write` (a file writer) on process 0 only; then every process waits until it is done.
+  """Runs `write` (a file writer) on process 0 only, between two barriers.
 
-  The barrier keeps the processes' control flow equal: a process checking for a cached file right
-  after never sees it before the others could.
+  The barriers keep the processes' control flow equal around a cached file: the one before means no
+  process can still be checking for the file (to decide whether to compute it) when process 0
+  writes it; the one after means none checks before it is there.
   """
+  barrier(f'mip_jax before write: {name}')
   if is_main_process():
     write()
   barrier(f'mip_jax write: {name}')
