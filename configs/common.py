@@ -239,6 +239,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.frontier.patience = 10              # attackers train until their validation loss stalls ...
   c.frontier.max_epochs = 300           # ... for this many epochs, or this many in all
   c.frontier.families = ('',)           # restrict to these families of the grid ('': all)
+  c.frontier.knobs = ml_collections.ConfigDict()  # family -> knob values kept (default: all)
 
   # Metrics.
   c.eval = ml_collections.ConfigDict()
@@ -305,12 +306,33 @@ def make_attributed(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-VARIANTS = {'tiny': make_tiny, 'attributed': make_attributed}
+def make_front(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The frontier where it is decided: the grid points of the defenses that lead or control the
+  digits front at budgets 0.002-0.05 (measured on the whole grid, seeds 0-1:
+  docs/results/frontier/), against the cheap attackers and a suite cut to the attackers that won a
+  cell there. Sized so a seed fits well under an hour on 2 CPU cores; `launch.frontier
+  --config=configs/digits.py:front --seeds=0,1,2` is the 3-seed frontier of the README."""
+  c.frontier.families = ('none', 'random', 'lpa', 'lpa:10 rounds', 'rounding', 'tailfloor:noise',
+                         'topk', 'noise', 'grad2', 'am')
+  c.frontier.knobs = {'random': (0.002, 0.005, 0.01, 0.02, 0.05), 'lpa': (0.002, 0.01, 0.05),
+                      'lpa:10 rounds': (0.002,), 'rounding': (2, 3),
+                      'tailfloor:noise': (0.001, 0.01), 'topk': (4,), 'noise': (0.002, 0.01),
+                      'grad2': (0.03,), 'am': (0.9,)}
+  c.frontier.suite = FRONT_SUITE
+  return c
+
+
+# The attackers of the suite that won a cell of the digits frontier or that a gate calls for
+# ('drop'); ':defended' ones train nothing new.
+FRONT_SUITE = ('prob', 'softmax', 'topk@1', 'temp@2.0', 'drop', 'none:defended', 'label:defended',
+               'topk@2:defended', 'rank:defended')
+
+VARIANTS = {'tiny': make_tiny, 'attributed': make_attributed, 'front': make_front}
 
 
 def variant(c: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
   """Applies the `:arg` variants of a config file, comma-separated: '' (paper scale), 'tiny',
-  'attributed', or both ('tiny,attributed')."""
+  'attributed', 'front' (the frontier's decided budgets), or several ('tiny,attributed')."""
   for name in filter(None, arg.split(',')):
     if name not in VARIANTS:
       raise ValueError(f'unknown config variant {name!r}; known: "" (default), '

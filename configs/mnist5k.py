@@ -45,4 +45,17 @@ def get_config(arg: str = ''):
   # idle 2-core CPU, so a full table5 seed is hours; run table5 with
   # --config.diffusion.guidances=0.5 to fit an hour.
   common.cpu_diffusion(c, epochs=30)
+  # The frontier (launch.frontier --config=configs/mnist5k.py --seeds=0,1,2) at the budgets where
+  # the digits front is decided (docs/results/frontier/): the `front` variant's defenses at fewer
+  # points, three cheap attackers, and attackers trained until their validation loss stalls for
+  # 5 epochs (the undefended attacker converges in 30-60 epochs here: --convergence shows it).
+  c = common.make_front(c)
+  c.frontier.knobs = {'random': (0.002, 0.01, 0.05), 'lpa': (0.002, 0.01), 'rounding': (3,),
+                      'tailfloor:noise': (0.001, 0.01), 'topk': (4,), 'noise': (0.01,),
+                      'grad2': (0.03,), 'am': (0.9,)}
+  c.frontier.families = ('none',) + tuple(c.frontier.knobs)
+  c.frontier.cheap = ('floor', 'label', 'rank')
+  c.frontier.suite = ('prob', 'none', 'floor:defended', 'label:defended', 'rank:defended')
+  c.frontier.patience = 5
+  c.frontier.max_epochs = 80
   return common.variant(c, arg)

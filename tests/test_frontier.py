@@ -120,3 +120,20 @@ def test_tiny_frontier_end_to_end(tiny_config, tmp_path):
     assert e['agreement'] == 1.0  # all label preserving
   assert [r['budget'] for r in doc['recommended']] == [0.01, 0.3]
   assert '## Effective attack accuracy at budget b' in result['markdown']
+
+
+def test_knobs_keep_the_named_grid_points_and_reject_others():
+  from configs import digits
+  c = digits.get_config()
+  c.frontier.families = ('none', 'random', 'lpa:attributed', 'topk')
+  c.frontier.knobs = {'random': (0.05, 0.01), 'lpa:attributed': (0.05,)}
+  got = [(s.family, s.knob) for s in frontier.sweeps(c)]
+  m = len(c.private_classes)
+  assert got == ([('none', '-'), ('random', 'lpa.eps=0.01'), ('random', 'lpa.eps=0.05'),
+                  ('lpa:attributed', 'lpa.eps=0.05')] + [('topk', f'topk.k={k}') for k in range(1, m)])
+  c.frontier.knobs = {'random': (0.03,)}
+  with pytest.raises(ValueError, match=r"knobs\['random'\] lists \[0.03\]"):
+    frontier.sweeps(c)
+  c.frontier.knobs = {'nonesuch': (1,)}
+  with pytest.raises(ValueError, match='nonesuch'):
+    frontier.sweeps(c)

@@ -92,8 +92,8 @@ def test_two_process_run_writes_each_file_once_and_restores_its_checkpoints(tmp_
   files = sorted(os.path.relpath(os.path.join(d, f), tmp_path / 'run')
                  for d, _, fs in os.walk(tmp_path / 'run') for f in fs
                  if not os.path.relpath(d, tmp_path / 'run').startswith('checkpoints'))
-  # Process 0 wrote every result file exactly once (write-then-rename: the .tmp name is opened).
-  assert sorted(w.replace('.tmp.npz', '').replace('.tmp', '') for w in results) == files
+  # Process 0 wrote every result file exactly once (write-then-rename: the name.tmp.ext is opened).
+  assert sorted(w.replace('.tmp', '') for w in results) == files
   assert [f for f in files if f.startswith('perturbations')]  # LPA's crafted vectors
   cells = [f for f in files if f.startswith('cells')]  # the engine's cells: 2 defenses, configs
   assert len([f for f in cells if f.endswith('_none.json')]) == 2 and len(cells) == 6

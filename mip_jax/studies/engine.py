@@ -38,6 +38,10 @@ from mip_jax.studies import aggregate
 CELLS_DIR = 'cells'
 # Where the data lives: the same cell wherever it was read from.
 PLACES = ('data_dir', 'manual_dir')
+# Sections that say which cells a study measures, not how a cell is measured: a frontier rerun with
+# another attacker suite or budget list keeps its cells (frontier.max_epochs and .patience reach
+# the cells as attack overrides, which are compared).
+STUDY_SECTIONS = ('frontier',)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +152,7 @@ class Runner:
     if not os.path.exists(path):
       return False
     saved = run_config.with_defaults(files.read_json(path), path)
-    diff = run_config.differences(saved, _plain(config), ignored=PLACES)
+    diff = run_config.differences(saved, _plain(config), ignored=PLACES + STUDY_SECTIONS)
     if diff:
       logging.warning('cells %s were measured with another config (%s): measuring them again',
                       key, '; '.join(diff[:3]) + (' ...' if len(diff) > 3 else ''))

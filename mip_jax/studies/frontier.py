@@ -63,21 +63,39 @@ ATTRIBUTED = (('lpa.space', 'log'), ('lpa.objective', 'decoy_class'))
 
 
 def sweeps(config) -> list[Setting]:
-  """Every defense of the registry over its knob, from config.frontier.grid (a dict of
-  family -> list of {field: value}) when set, else `default_grid`."""
+  """Every defense of the registry over its knob (`default_grid`), restricted to the families of
+  config.frontier.families and, for the families config.frontier.knobs names, to the knob values
+  it lists ({'random': (0.01, 0.05)}): a larger dataset measures the budgets where a smaller one's
+  front is decided, on the same grid points (so its cells are the grid's)."""
   grid = default_grid(config)
   wanted = [f for f in config.frontier.families if f]
+  knobs = dict(config.frontier.get('knobs') or {})
+  unknown = [f for f in wanted + list(knobs) if f not in grid]
+  if unknown:
+    raise ValueError(f'frontier.families/knobs name {unknown}, which the grid does not have; '
+                     f'known: {", ".join(grid)}')
   if wanted:
-    unknown = [f for f in wanted if f not in grid]
-    if unknown:
-      raise ValueError(f'frontier.families names {unknown}, which the grid does not have; known: '
-                       f'{", ".join(grid)}')
     grid = {f: grid[f] for f in wanted}
   out = []
   for family, (defense, form, points) in grid.items():
+    if family in knobs:
+      points = _pick_points(family, points, knobs[family])
     for point in points:
       out.append(Setting(family, defense, tuple(form) + tuple(sorted(point.items()))))
   return out
+
+
+def _pick_points(family: str, points: list, values) -> list:
+  """The grid points of a one-knob family whose knob value is in `values` (ValueError naming the
+  values the grid does not have)."""
+  values = list(values)
+  picked = [p for p in points if len(p) == 1 and next(iter(p.values())) in values]
+  missing = [v for v in values if not any(next(iter(p.values())) == v for p in picked)]
+  if missing:
+    have = [next(iter(p.values())) for p in points if len(p) == 1]
+    raise ValueError(f'frontier.knobs[{family!r}] lists {missing}, not on its grid; the grid has '
+                     f'{have}')
+  return picked
 
 
 def default_grid(config) -> dict:
