@@ -53,7 +53,8 @@ def get_config(arg: str = ''):
   c.frontier.knobs = {'random': (0.002, 0.01, 0.05), 'lpa': (0.002, 0.01), 'rounding': (3,),
                       'tailfloor:noise': (0.001, 0.01), 'topk': (4,), 'noise': (0.01,),
                       'grad2': (0.03,), 'am': (0.9,)}
-  c.frontier.families = ('none',) + tuple(c.frontier.knobs)
+  c.frontier.families = ('none', 'random', 'lpa', 'tailfloor:noise', 'rounding', 'topk', 'am',
+                         'grad2', 'noise')  # in the order they are measured
   c.frontier.cheap = ('floor', 'label', 'rank')
   c.frontier.suite = ('prob', 'none', 'floor:defended', 'label:defended', 'rank:defended')
   c.frontier.patience = 5
