@@ -23,6 +23,8 @@ FAMILIES = flags.DEFINE_list('families', None, 'Only these families of the grid 
                              'default: config.frontier.families, all).')
 CONVERGENCE = flags.DEFINE_bool('convergence', False, 'Instead: the undefended floor and label '
                                  'attackers against training epochs (convergence.md / .png).')
+REPORT = flags.DEFINE_bool('report_only', False, 'Measure nothing: write the frontier of the cells '
+                           'saved for every seed so far (a sweep still running, or cut short).')
 ATTACKERS = flags.DEFINE_list('attackers', None, 'Attackers of the suite (mip_jax/attacks/suite.py) '
                               'to run on every setting, in one phase (default: config.frontier.cheap '
                               'everywhere, then config.frontier.suite on the front settings).')
@@ -45,9 +47,11 @@ def main(argv):
   log_file = console.to_workdir(workdir)  # library records to <workdir>/log.txt, not the terminal
   common.log_devices()
   seeds = common.SEEDS.value or [config.seed]
-  what = frontier.convergence if CONVERGENCE.value else frontier.run
   try:
-    result = what(config, workdir, seeds=seeds)
+    if CONVERGENCE.value:
+      result = frontier.convergence(config, workdir, seeds=seeds)
+    else:
+      result = frontier.run(config, workdir, seeds=seeds, report_only=REPORT.value)
   except (DatasetNotFoundError, ValueError) as e:
     sys.exit(f'error: {e}')
   if parallel.is_main_process():

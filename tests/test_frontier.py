@@ -137,3 +137,21 @@ def test_knobs_keep_the_named_grid_points_and_reject_others():
   c.frontier.knobs = {'nonesuch': (1,)}
   with pytest.raises(ValueError, match='nonesuch'):
     frontier.sweeps(c)
+
+
+def test_report_only_measures_nothing_and_keeps_what_is_saved(tiny_config, tmp_path):
+  c = tiny_config
+  c.frontier.max_epochs = 2
+  c.frontier.families = ('none', 'random')
+  c.frontier.knobs = {'random': (0.01, 0.05)}
+  c.frontier.cheap = c.frontier.suite = ('floor', 'label')
+  with c.unlocked():
+    c.frontier.budgets = (0.3,)
+  first = frontier.run(c, str(tmp_path), seeds=[0])
+  c.frontier.knobs = {'random': (0.01, 0.05, 0.2)}  # 0.2 was never measured: left out
+  again = frontier.run(c, str(tmp_path), seeds=[0], report_only=True)
+  assert [(e['family'], e['knob']) for e in again['settings']] == \
+      [(e['family'], e['knob']) for e in first['settings']]
+  assert again['by_budget'] == first['by_budget']
+  cells = os.listdir(tmp_path / 'seed_0' / 'cells')
+  assert len([f for f in cells if f.endswith('.config.json')]) == 3  # none, random x2

@@ -21,7 +21,7 @@ from mip_jax.runtime import files
 
 CONFIG_FILE = 'config.json'
 # Top-level fields and sections free to differ between training and later use of a workdir.
-IGNORED = ('data_dir', 'manual_dir', 'serve', 'eval')
+IGNORED = ('data_dir', 'manual_dir', 'serve', 'eval', 'frontier')  # frontier: which cells a study measures
 
 
 class ConfigMismatchError(ValueError):

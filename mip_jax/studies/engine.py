@@ -220,6 +220,15 @@ def runners(config, workdir: str, seeds, *, mesh=None):
     yield Runner(seed_config(config, s), seed_workdir(workdir, s), mesh=mesh)
 
 
+def measured_everywhere(study: Study, config, workdir: str, *, seeds, mesh=None) -> Study:
+  """The rows of `study` whose cells are saved and current for every seed (a report from what a
+  run measured so far, nothing measured anew)."""
+  ok = [True] * len(study.rows)
+  for runner in runners(config, workdir, [int(s) for s in seeds], mesh=mesh):
+    ok = [k and runner.measured(cell) for k, cell in zip(ok, study.cells)]
+  return Study(study.name, [r for r, k in zip(study.rows, ok) if k])
+
+
 def run(study: Study, config, workdir: str, *, seeds, mesh=None, each_seed=None) -> Result:
   """Measures `study` for every seed and aggregates the rows over seeds.
 

@@ -341,8 +341,11 @@ def front_settings(entries: list[dict], settings: list[Setting], budgets) -> lis
 
 # ---------------------------------------------------------------- the study
 
-def run(config, workdir: str, *, seeds, mesh=None) -> dict:
-  """The two-phase frontier (see the module docstring); writes frontier.md, .json and .png."""
+def run(config, workdir: str, *, seeds, mesh=None, report_only: bool = False) -> dict:
+  """The two-phase frontier (see the module docstring); writes frontier.md, .json and .png.
+
+  `report_only`: measure nothing; report the cells saved for every seed (a setting whose cheap
+  attackers are not all saved is left out, a front setting keeps the suite attackers it has)."""
   settings = sweeps(config)
   budgets = [float(b) for b in config.frontier.budgets]
   cheap, full = attackers(config, 'cheap'), attackers(config, 'full')
@@ -356,12 +359,22 @@ def run(config, workdir: str, *, seeds, mesh=None) -> dict:
             if (lab['family'], lab['knob'], lab['attacker']) not in rows_of]
     if not todo:
       return
-    result = engine.run(engine.Study('frontier', todo), config, workdir, seeds=seeds, mesh=mesh)
+    study = engine.Study('frontier', todo)
+    if report_only:
+      study = engine.measured_everywhere(study, config, workdir, seeds=seeds, mesh=mesh)
+      todo = study.rows
+      if not todo:
+        return
+    result = engine.run(study, config, workdir, seeds=seeds, mesh=mesh)
     for (lab, _), row, i in zip(todo, result.rows, range(len(todo))):
       rows_of[(lab['family'], lab['knob'], lab['attacker'])] = row
       per_seed[(lab['family'], lab['knob'], lab['attacker'])] = [s[i] for s in result.per_seed]
 
   measure(settings, cheap)
+  if report_only:  # only settings with every cheap attacker saved
+    have = {(f, k) for f, k, a in rows_of}
+    settings = [s for s in settings if (s.family, s.knob) in have
+                and all((s.family, s.knob, a) in rows_of for a in cheap)]
   suited = set()
   for _ in range(len(settings)):  # fronts can move as attackers are added; each pass adds some
     entries = effective(list(rows_of.values()), settings)
