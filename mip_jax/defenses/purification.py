@@ -17,8 +17,8 @@ Adversarial variant (config.purification.adversarial): an inversion model H (the
 architecture, fed `attacks.transforms.attacker_input` of G's output) learns to rebuild the reference
 images from purified vectors while G also maximises H's error (min-max, weight
 config.purification.adversarial_weight). Both take one simultaneous gradient step per batch (H on
-G's output with G fixed; G against the current H). Its stage is `purifier_adversarial`, else
-`purifier`.
+G's output with G fixed; G against the current H). Its stage is `purifier_adversarial_<hash>`,
+else `purifier_<hash>` (the hash of what defines it).
 """
 
 import functools
