@@ -1,8 +1,10 @@
 """Gradient-alignment losses: values, first- and second-order derivatives against finite differences."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mip_jax.losses import alignment, reconstruction
@@ -47,7 +49,7 @@ def test_second_order_gradient_matches_finite_differences(per_example, distance)
     analytic = np.asarray(jax.grad(f)(inputs))
     numeric = finite_difference(lambda z: float(f(jnp.asarray(z))), np.asarray(inputs))
     assert np.abs(analytic).max() > 1e-6  # a non-trivial gradient
-    np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
+    chex.assert_trees_all_close(analytic, numeric, rtol=1e-6, atol=1e-9)
 
 
 def test_cosine_distance_over_whole_pytree():
@@ -80,7 +82,39 @@ def test_target_gradient_is_negated_training_gradient():
   params, inputs, images, _ = problem(jnp.float32)
   g = alignment.poisoned_gradient(smooth_decoder_loss, params, inputs, images)
   t = alignment.target_gradient(smooth_decoder_loss, params, inputs, images)
+  chex.assert_trees_all_close(t, jax.tree.map(jnp.negative, g), rtol=0, atol=0)
   assert float(alignment.cosine_distance(g, t)) == pytest.approx(2.0, abs=1e-5)
+  # The poisoned gradient is the whole tree's jax.grad of the weighted loss, leaf by leaf.
+  ref = jax.grad(smooth_decoder_loss)(params, inputs, images, jnp.ones(3))
+  chex.assert_trees_all_close(g, ref, rtol=1e-6, atol=0)
+  halves = [alignment.poisoned_gradient(smooth_decoder_loss, params, inputs, images,
+                                        jnp.asarray(w, jnp.float32))
+            for w in ([1, 1, 0], [0, 0, 1])]
+  # A weighted mean: over three rows, 2/3 of the first two rows' gradient plus 1/3 of the last's.
+  mixed = optax.tree.add(optax.tree.scale(2 / 3, halves[0]), optax.tree.scale(1 / 3, halves[1]))
+  chex.assert_trees_all_close(g, mixed, rtol=1e-5, atol=1e-7)
+
+
+def test_shapes_that_would_broadcast_silently_are_refused_at_trace_time():
+  params, inputs, images, g_t = problem(jnp.float32)
+  kw = dict(loss_fn=smooth_decoder_loss, params=params, target_grad=g_t)
+  loss = jax.jit(lambda z, x, w: alignment.alignment_loss(z, images=x, weights=w, **kw))
+  assert np.isfinite(float(loss(inputs, images, jnp.ones(3))))
+  with pytest.raises(AssertionError):  # one image for three vectors
+    loss(inputs, images[:1], jnp.ones(3))
+  with pytest.raises(AssertionError):  # one weight for three rows
+    loss(inputs, images, jnp.ones(1))
+  with pytest.raises(AssertionError):  # weights per row in the per-example mean too
+    alignment.per_example_alignment_loss(inputs, images=images, weights=jnp.ones(1), **kw)
+  # g_t shaped unlike the parameters: a flat dot product would still run.
+  transposed = dict(g_t, w1=g_t['w1'].T)
+  with pytest.raises(AssertionError):
+    alignment.alignment_loss(inputs, images=images, **dict(kw, target_grad=transposed))
+  with pytest.raises(AssertionError):
+    alignment.per_example_alignment_losses(inputs, images=images,
+                                           **dict(kw, target_grad=transposed))
+  with pytest.raises(AssertionError):  # a batch of images against one image
+    reconstruction.mse(jnp.zeros((2, 4, 4, 1)), jnp.zeros((4, 4, 1)))
 
 
 def test_reconstruction_losses():

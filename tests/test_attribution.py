@@ -152,62 +152,58 @@ def test_an_ensemble_objective_is_the_mean_of_its_members():
 
 
 @pytest.fixture(scope='module')
-def tiny_setup(data_dir, tmp_path_factory):
-  from configs import digits
-  from mip_jax.protocol import experiment
-  c = digits.get_config('tiny')
-  c.data_dir = data_dir
-  return experiment.prepare(c, str(tmp_path_factory.mktemp('attribution')))
+def lpa_setup(tiny_setup_copy):
+  return tiny_setup_copy('attribution')  # its own workdir: substitutes and crafted vectors go there
 
 
-def test_crafted_vectors_are_cached_under_everything_they_depend_on(tiny_setup):
+def test_crafted_vectors_are_cached_under_everything_they_depend_on(lpa_setup):
   import dataclasses
   import os
-  files = lambda: sorted(os.listdir(os.path.join(tiny_setup.workdir, 'perturbations')))
-  queries = tiny_setup.splits.attack_train
-  clean = tiny_setup.clean['attack_train']
-  first = lpa.apply(lpa.fit(tiny_setup), clean, images=queries.images)
-  again = lpa.apply(lpa.fit(tiny_setup), clean, images=queries.images)
+  files = lambda: sorted(os.listdir(os.path.join(lpa_setup.workdir, 'perturbations')))
+  queries = lpa_setup.splits.attack_train
+  clean = lpa_setup.clean['attack_train']
+  first = lpa.apply(lpa.fit(lpa_setup), clean, images=queries.images)
+  again = lpa.apply(lpa.fit(lpa_setup), clean, images=queries.images)
   assert len(files()) == 1
   np.testing.assert_array_equal(again, first)  # the same inputs: served from the cache
-  changed = tiny_setup.config.copy_and_resolve_references()
+  changed = lpa_setup.config.copy_and_resolve_references()
   changed.attack.log_floor = -500.0  # another attacker transform: another substitute, new vectors
-  lpa.apply(lpa.fit(dataclasses.replace(tiny_setup, config=changed)), clean, images=queries.images)
+  lpa.apply(lpa.fit(dataclasses.replace(lpa_setup, config=changed)), clean, images=queries.images)
   assert len(files()) == 2
   other_images = queries.images[::-1].copy()  # same vectors, other images: crafted afresh
-  lpa.apply(lpa.fit(tiny_setup), clean, images=other_images)
+  lpa.apply(lpa.fit(lpa_setup), clean, images=other_images)
   assert len(files()) == 3
 
 
-def test_ensemble_members_are_distinct_substitutes(tiny_setup):
+def test_ensemble_members_are_distinct_substitutes(lpa_setup):
   import dataclasses
-  c = tiny_setup.config.copy_and_resolve_references()
+  c = lpa_setup.config.copy_and_resolve_references()
   c.lpa.ensemble_size, c.lpa.ensemble_vary = 3, 'arch'
-  members = lpa.ensemble_members(dataclasses.replace(tiny_setup, config=c))
+  members = lpa.ensemble_members(dataclasses.replace(lpa_setup, config=c))
   sizes = [sum(x.size for x in jax.tree.leaves(v['params'])) for _, v, _ in members]
   assert len(set(sizes)) == 3  # widths x1, x0.5, x2 (and an extra block) differ in size
   c.substitute.transform = 'floor'
   from mip_jax.protocol import substitute
-  assert substitute.stage_name(c) != substitute.stage_name(tiny_setup.config)
+  assert substitute.stage_name(c) != substitute.stage_name(lpa_setup.config)
 
 
 @pytest.mark.parametrize('objective', ['untargeted', 'decoy_mean', 'decoy_class'])
-def test_a_step_along_the_defensive_gradient_does_what_its_objective_says(tiny_setup, objective):
+def test_a_step_along_the_defensive_gradient_does_what_its_objective_says(lpa_setup, objective):
   """g_t is what the attacker's update should follow (theta -= lr * g_p with g_p aligned to g_t):
   untargeted, it must raise the private reconstruction error; targeted, lower the error toward the
   decoys (a sign error in either would make LPA poison the wrong way)."""
   from mip_jax.protocol import substitute
-  cfg = tiny_setup.config.lpa.copy_and_resolve_references()
+  cfg = lpa_setup.config.lpa.copy_and_resolve_references()
   cfg.objective = objective
-  model, variables = substitute.train_substitute(tiny_setup)
-  loss_fn = lpa.decoder_loss_fn(model, variables['batch_stats'], tiny_setup.config.attack)
-  g_t = lpa.defensive_gradient(loss_fn, variables['params'], tiny_setup, cfg)
-  private = tiny_setup.splits.private_train
-  probs, ones = tiny_setup.clean['private_train'], np.ones(len(private.labels), np.float32)
+  model, variables = substitute.train_substitute(lpa_setup)
+  loss_fn = lpa.decoder_loss_fn(model, variables['batch_stats'], lpa_setup.config.attack)
+  g_t = lpa.defensive_gradient(loss_fn, variables['params'], lpa_setup, cfg)
+  private = lpa_setup.splits.private_train
+  probs, ones = lpa_setup.clean['private_train'], np.ones(len(private.labels), np.float32)
   if objective == 'untargeted':
     target, sign = private.images, +1        # the private error must go up
   elif objective == 'decoy_mean':
-    target = np.broadcast_to(tiny_setup.splits.attack_train.images.mean(0), private.images.shape)
+    target = np.broadcast_to(lpa_setup.splits.attack_train.images.mean(0), private.images.shape)
     sign = -1                                # the error toward the decoy must go down
   else:
     classes = np.unique(private.labels)
@@ -222,4 +218,4 @@ def test_a_step_along_the_defensive_gradient_does_what_its_objective_says(tiny_s
   assert sign * (after - before) > 0
   with pytest.raises(ValueError, match='lpa.objective'):
     cfg.objective = 'decoy'
-    lpa.defensive_gradient(loss_fn, variables['params'], tiny_setup, cfg)
+    lpa.defensive_gradient(loss_fn, variables['params'], lpa_setup, cfg)

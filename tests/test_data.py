@@ -1,4 +1,4 @@
-"""Tests of mip_jax.data: builders, splits, errors, batching. No network, no TF."""
+"""Tests of mip_jax.data: builders, splits, errors. No network, no TF."""
 
 import io
 import json
@@ -13,8 +13,7 @@ import tensorflow_datasets as tfds
 
 from configs import common
 from configs import digits as digits_config
-from mip_jax.data import (KNOWN_DATASETS, ArraySplit, DatasetNotFoundError,
-                          batches, load_splits)
+from mip_jax.data import KNOWN_DATASETS, DatasetNotFoundError, load_splits
 from mip_jax.data import digits
 from mip_jax.data import splits as splits_lib
 
@@ -369,25 +368,3 @@ def test_cifar10_style_rgb(tmp_path):
   assert len(i) == 1 and s.attack_test.labels[0] == i[0] % 10 - 5
   with pytest.raises(ValueError, match=r'--config.channels=3'):
     load_splits(_mnist_config(tmp_path, dataset='cifar10', channels=1))
-
-
-# --------------------------------------------------------------- batches ----
-
-
-def test_batches_structure_shuffle_and_remainder():
-  x, y = np.arange(10) * 10, np.arange(10)
-  plain = list(batches((x, y), 4))
-  assert [len(b[0]) for b in plain] == [4, 4, 2]
-  np.testing.assert_array_equal(np.concatenate([b[1] for b in plain]), y)
-  assert [len(b[0]) for b in batches((x, y), 4, drop_remainder=True)] == [4, 4]
-  shuffled = list(batches({'x': x, 'y': y}, 3, rng=np.random.default_rng(0)))
-  ys = np.concatenate([b['y'] for b in shuffled])
-  assert sorted(ys.tolist()) == list(range(10)) and not np.all(ys == y)
-  for b in shuffled:
-    np.testing.assert_array_equal(b['x'], b['y'] * 10)  # Stay aligned.
-  split = ArraySplit(np.zeros((10, 2, 2, 1), np.float32), y.astype(np.int32))
-  first = next(batches(split, 6, rng=1))
-  assert isinstance(first, ArraySplit) and len(first) == 6
-  np.testing.assert_array_equal(first.ids, first.labels)
-  with pytest.raises(ValueError):
-    list(batches((x, y[:5]), 2))

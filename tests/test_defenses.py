@@ -9,10 +9,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from configs import digits
 from mip_jax import defenses
 from mip_jax.defenses import lfp
-from mip_jax.protocol import experiment, metrics
+from mip_jax.protocol import metrics
 
 N, M = 40, 5
 MINE = ('none', 'lfp', 'noise', 'onepara', 'rounding', 'topk', 'advexa', 'pgd', 'poi_mse')
@@ -33,10 +32,8 @@ def hand_made_probs(n: int = N, m: int = M, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope='module')
-def setup(data_dir, tmp_path_factory):
-  c = digits.get_config('tiny')
-  c.data_dir = data_dir
-  return experiment.prepare(c, str(tmp_path_factory.mktemp('defenses')))
+def setup(tiny_setup_copy):
+  return tiny_setup_copy('defenses')  # its own workdir: the defenses train substitutes there
 
 
 @pytest.fixture(scope='module')
@@ -196,6 +193,7 @@ def test_lfp_fine_tuning_stays_near_the_reversed_vectors(setup, fitted, tmp_path
   cfg = setup.config.lfp
   probs, images = hand_made_probs(), query_images(setup)
   out = module.apply(state, probs, images=images)
+  # The rows apply picks: with its seed (`space.crafting_seed`, shared with LPA).
   mask = lfp.pick(probs, budget=cfg.budget, threshold=cfg.threshold, seed=state['seed'])
   assert 0 < mask.sum() <= int(cfg.budget * N)
   reversed_ = lfp.reverse(probs[mask])

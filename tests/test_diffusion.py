@@ -149,6 +149,13 @@ def test_table5_on_tiny_writes_its_rows(tmp_path, data_dir, monkeypatch):
   w, wo = by[('conditional diffusion', 'w/')], by[('conditional diffusion', 'w/o')]
   assert 0 < w['conf_dist'] <= c.lpa.eps + 1e-6 and wo['conf_dist'] == 0
   assert 0 <= w['attack_acc'] <= 1 and 0 < w['recon_error'] < 1
+  # Size 1 makes the ensemble cell the single-substitute cell: the same vectors, the same attacker,
+  # the same numbers, and no second substitute is trained for it.
+  measured = lambda r: {k: v for k, v in r.items() if k not in ('defense', 'label')}
+  for arch in ('conditional diffusion', '3-TCNNs'):
+    assert measured(by[(arch, 'w/ ensemble of 3')]) == measured(by[(arch, 'w/')])
+  stages_dir = tmp_path / f'seed_{c.seed}' / 'checkpoints'
+  assert len([s for s in os.listdir(stages_dir) if s.startswith('substitute')]) == 1
   # The paper's guidance-2.0 numbers sit beside ours.
   assert '83.21%' in result['markdown'] and '72.84%' in result['markdown']
   assert os.path.getsize(tmp_path / 'table5_fig6.png') > 1000

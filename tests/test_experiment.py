@@ -1,5 +1,6 @@
 """The protocol end to end on tiny digits, the launcher's error paths, and stage reuse."""
 
+import dataclasses
 import json
 import os
 import re
@@ -7,12 +8,16 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
 
 from mip_jax import defenses
-from mip_jax.protocol import experiment, run_config, stages
+from mip_jax.attacks import suite
+from mip_jax.data import query_indices
+from mip_jax.defenses import random_control
+from mip_jax.protocol import experiment, metrics, run_config, stages
 from mip_jax.studies import aggregate, compare, engine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -107,6 +112,85 @@ def test_unknown_dataset_and_wrong_image_shape_fail_clearly(tiny_config, tmp_pat
   tiny_config.image_size = 20
   with pytest.raises(ValueError, match='image_size'):
     experiment.prepare(tiny_config, str(tmp_path))
+
+
+# ---------------------------------------------------------------- what the attacker inverts
+
+
+def flatten_half(probs, images=None):
+  """A label-preserving stand-in defense: halfway to uniform (every vector moves)."""
+  del images
+  return (0.5 * np.asarray(probs) + 0.5 / probs.shape[1]).astype(np.float32)
+
+
+@pytest.fixture
+def inverted(tiny_setup, monkeypatch):
+  """Every attacker input `evaluate_defense` reconstructs from, in order; no decoder is trained
+  (the attacker's stage is stubbed), so the shared tiny workdir stays untouched."""
+  seen = []
+  monkeypatch.setattr(stages, 'train_attacker',
+                      lambda config, z, images, **kw: (None, (None, None)))
+
+  def reconstruct(model, variables, z):
+    seen.append(np.asarray(z))
+    return np.zeros((len(z),) + tiny_setup.splits.image_shape, np.float32)
+
+  monkeypatch.setattr(stages, 'reconstruct', reconstruct)
+  return seen
+
+
+def register(monkeypatch, *, replaces: bool, apply=flatten_half, label_preserving: bool = False):
+  module = types.SimpleNamespace(REPLACES_CLASSIFIER=replaces, LABEL_PRESERVING=label_preserving,
+                                 fit=lambda setup: 'state',
+                                 apply=lambda state, probs, images=None: apply(probs, images))
+  monkeypatch.setitem(defenses.REGISTRY, 'stand_in', module)
+
+
+@pytest.mark.parametrize('replaces, reconstruct_from, attackers, expected', [
+    (False, 'clean', ['none'], ['clean']),                       # Definition 2: clean vectors
+    (True, 'clean', ['none'], ['defended']),                     # a retrained model's own vectors
+    (False, 'defended', ['none'], ['defended']),                 # config.attack.reconstruct_from
+    (False, 'clean', ['floor', 'floor:defended'], ['clean', 'defended']),  # the ':defended' suffix
+])
+def test_which_private_vectors_the_attacker_inverts(tiny_setup, inverted, monkeypatch, replaces,
+                                                    reconstruct_from, attackers, expected):
+  register(monkeypatch, replaces=replaces)
+  config = tiny_setup.config.copy_and_resolve_references()
+  config.attack.reconstruct_from = reconstruct_from
+  setup = dataclasses.replace(tiny_setup, config=config)
+  rows = experiment.evaluate_defense(setup, 'stand_in', attackers=attackers)
+  assert [r['attacker'] for r, _ in rows] == attackers
+  clean = setup.clean['private_train']
+  vectors = {'clean': clean, 'defended': flatten_half(clean)}
+  assert len(inverted) == len(attackers)
+  for z, name, which in zip(inverted, attackers, expected):
+    want = suite.parse(name).inputs(vectors[which], config.attack)
+    other = suite.parse(name).inputs(vectors[{'clean': 'defended', 'defended': 'clean'}[which]],
+                                     config.attack)
+    np.testing.assert_array_equal(z, want)
+    assert np.abs(z - other).max() > 0.1  # the two sources really differ
+
+
+def test_a_label_preserving_defense_that_flips_a_label_fails(tiny_setup, inverted, monkeypatch):
+  def flip_first_row(probs, images=None):
+    out = np.array(probs, np.float32)
+    out[0] = np.roll(out[0], 1)  # one row's argmax moves to the next class
+    return out
+
+  clean = tiny_setup.clean['attack_train']
+  assert np.argmax(flip_first_row(clean)[0]) != np.argmax(clean[0])
+  monkeypatch.setattr(random_control, 'apply', lambda state, probs, images=None:
+                      flip_first_row(probs))
+  with pytest.raises(RuntimeError, match='random is declared label preserving'):
+    experiment.evaluate_defense(tiny_setup, 'random')
+  assert inverted == []  # it failed before any attacker ran
+  # The same vectors from a defense that does not declare it: served, and the flips measured.
+  register(monkeypatch, replaces=False, apply=flip_first_row)
+  (row, _), = experiment.evaluate_defense(tiny_setup, 'stand_in')
+  queries = query_indices(len(clean), tiny_setup.config.attack.data)
+  assert row['label_flip_rate'] == pytest.approx(1 / len(queries))
+  assert row['model_acc'] == metrics.accuracy(flip_first_row(tiny_setup.clean['private_test']),
+                                              tiny_setup.splits.private_test.labels)
 
 
 def _row(defense, acc, err):

@@ -1,5 +1,6 @@
 """Ghost per-example norms and inner products against materialised per-example gradients."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -67,9 +68,22 @@ def test_dots_and_norms_equal_materialised_per_example_gradients(name):
   dots, sq = jax.jit(ghost.per_example_dots_and_sq_norms, static_argnums=0)(
       loss_fn, params, c, x, direction)
   ref_dots, ref_sq = materialised(loss_fn, params, c, x, direction)
-  assert dots.shape == sq.shape == (5,)
-  np.testing.assert_allclose(sq, ref_sq, rtol=2e-5)
-  np.testing.assert_allclose(dots, ref_dots, rtol=2e-4, atol=1e-6 * float(jnp.abs(ref_dots).max()))
+  chex.assert_shape([dots, sq], (5,))
+  chex.assert_trees_all_close(sq, ref_sq, rtol=2e-5)
+  chex.assert_trees_all_close(dots, ref_dots, rtol=2e-4,
+                              atol=1e-6 * float(jnp.abs(ref_dots).max()))
+
+
+def test_a_direction_unlike_the_parameters_is_refused():
+  """Ghost terms pair the direction's leaves with the parameters' by position: a tree of another
+  structure with the same leaves would be read silently, so it is refused at trace time."""
+  make, image = MODELS['dense / conv / batchnorm']
+  loss_fn, params, c, x, direction = problem(make(), image=image)
+  nested = {'wrapped': direction}  # the same leaves in the same order, another tree
+  with pytest.raises(AssertionError):
+    jax.jit(ghost.per_example_dots_and_sq_norms, static_argnums=0)(loss_fn, params, c, x, nested)
+  with pytest.raises(AssertionError):  # five vectors, four images
+    ghost.per_example_dots_and_sq_norms(loss_fn, params, c, x[:4], direction)
 
 
 @pytest.mark.parametrize('distance', ['cosine', 'mse'])
@@ -82,7 +96,7 @@ def test_ghost_alignment_gradient_equals_vmap(distance):
   (v_ghost, g_ghost), (v_vmap, g_vmap) = f['ghost'](c), f['vmap'](c)
   assert float(v_ghost) == pytest.approx(float(v_vmap), rel=1e-5)
   assert float(jnp.abs(g_vmap).max()) > 1e-6
-  np.testing.assert_allclose(g_ghost, g_vmap, rtol=1e-3, atol=1e-4 * float(jnp.abs(g_vmap).max()))
+  chex.assert_trees_all_close(g_ghost, g_vmap, rtol=1e-3, atol=1e-4 * float(jnp.abs(g_vmap).max()))
   np.testing.assert_array_equal(g_ghost[2], 0.0)  # a zero-weight (padding) row gets no gradient
 
 
@@ -92,8 +106,9 @@ def test_batch_statistics_or_unknown_modules_fall_back_to_vmap():
   kw = dict(loss_fn=loss_fn, params=params, images=x, target_grad=direction)
   with pytest.raises(ghost.Unsupported, match='BatchNorm'):
     alignment.per_example_alignment_losses(c, impl='ghost', **kw)
-  np.testing.assert_allclose(alignment.per_example_alignment_losses(c, impl='auto', **kw),
-                             alignment.per_example_alignment_losses(c, impl='vmap', **kw), rtol=1e-6)
+  chex.assert_trees_all_close(alignment.per_example_alignment_losses(c, impl='auto', **kw),
+                              alignment.per_example_alignment_losses(c, impl='vmap', **kw),
+                              rtol=1e-6)
 
   class WithLayerNorm(nn.Module):  # a parameterised module ghost does not know
     @nn.compact

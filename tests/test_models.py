@@ -1,5 +1,6 @@
 """Tests of mip_jax.models: exact fast transposed convolutions, decoder and classifier shapes."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -56,13 +57,12 @@ def test_conv_transpose_s2_gemm_equals_lax_float64(shape):
     loss = lambda f: (lambda x, k: jnp.sum(jnp.sin(f(x, k)) * t))
     g_gemm = jax.grad(loss(_s2('gemm')), argnums=(0, 1))(x, k)
     g_ref = jax.grad(loss(_s2('lax')), argnums=(0, 1))(x, k)
-    for a, r in zip(g_gemm, g_ref):
-      np.testing.assert_allclose(a, r, rtol=1e-12, atol=1e-12)
+    chex.assert_trees_all_close(g_gemm, g_ref, rtol=1e-12, atol=1e-12)
 
     # Forward mode too (no custom_vjp in the way).
     tangents = (_rand(rng, x.shape, jnp.float64), _rand(rng, k.shape, jnp.float64))
     jvp = lambda f: jax.jvp(f, (x, k), tangents)[1]
-    np.testing.assert_allclose(jvp(_s2('gemm')), jvp(_s2('lax')), rtol=1e-12, atol=1e-12)
+    chex.assert_trees_all_close(jvp(_s2('gemm')), jvp(_s2('lax')), rtol=1e-12, atol=1e-12)
 
 
 def test_conv_transpose_s2_second_order_float64():
@@ -106,9 +106,9 @@ def test_conv_transpose_stem_equals_lax_valid():
     for impl in ('gemm', 'lax'):
       got = models.conv_transpose_stem(z, k, impl=impl)
       np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-12)
-    gk = jax.grad(lambda k: jnp.sum(jnp.sin(models.conv_transpose_stem(z, k, impl='gemm'))))(k)
-    gk_ref = jax.grad(lambda k: jnp.sum(jnp.sin(models.conv_transpose_stem(z, k, impl='lax'))))(k)
-    np.testing.assert_allclose(gk, gk_ref, rtol=1e-12, atol=1e-12)
+    stem = lambda impl: lambda z, k: jnp.sum(jnp.sin(models.conv_transpose_stem(z, k, impl=impl)))
+    chex.assert_trees_all_close(jax.grad(stem('gemm'), argnums=(0, 1))(z, k),
+                                jax.grad(stem('lax'), argnums=(0, 1))(z, k), rtol=1e-12, atol=1e-12)
 
 
 # (ours, its flax.linen twin, input shape): same params (name, shape, init), same outputs.
@@ -131,11 +131,11 @@ def test_conv_modules_interchangeable_with_flax(name):
   x = jnp.asarray(np.random.default_rng(5).normal(size=shape), jnp.float32)
   key = jax.random.key(0)
   v_ours, v_flax = ours.init(key, x), twin.init(key, x)
-  assert jax.tree.map(jnp.shape, v_ours) == jax.tree.map(jnp.shape, v_flax)
-  np.testing.assert_array_equal(v_ours['params']['kernel'], v_flax['params']['kernel'])
+  chex.assert_trees_all_equal_shapes(v_ours, v_flax)  # same tree: same names, same shapes
+  chex.assert_trees_all_equal(v_ours['params']['kernel'], v_flax['params']['kernel'])
   features = v_flax['params']['kernel'].shape[-1]
   v = {'params': {'kernel': v_flax['params']['kernel'], 'bias': jnp.arange(float(features))}}
-  np.testing.assert_allclose(ours.apply(v, x), twin.apply(v, x), rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(ours.apply(v, x), twin.apply(v, x), rtol=1e-5, atol=1e-5)
 
 
 def test_resolve_impl():
@@ -189,8 +189,8 @@ def test_decoder_gemm_equals_lax_with_same_params():
   v = jax.jit(lambda z: gemm.init(jax.random.key(1), z, train=False))(z)
   for train in (False, True):
     run = lambda dec: jax.jit(lambda v, z: dec.apply(v, z, train=train, mutable=['batch_stats']))
-    a, b = run(gemm)(v, z)[0], run(plain)(v, z)[0]
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Outputs and the updated batch statistics alike.
+    chex.assert_trees_all_close(run(gemm)(v, z), run(plain)(v, z), rtol=1e-5, atol=1e-6)
 
 
 def test_decoder_second_order_in_eval_mode_matches_lax():

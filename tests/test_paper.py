@@ -181,14 +181,49 @@ def test_figures_and_timing(saves, config, workdir, paper_attacker_only):
     result = paper.run(name, config, workdir)
     for f in result['files']:
       assert os.path.getsize(os.path.join(workdir, f)) > 100, f
+  table6 = {(r['eps'], r['defense']): r for r in load(workdir, 'table6')['rows']
+            if r['attacker'] == 'none'}
+  lpa, control = table6[(config.lpa.eps, 'lpa')], table6[(config.lpa.eps, 'random control')]
+
   fig8 = load(workdir, 'fig8')['rows']
   assert [(r['defense'], r['value']) for r in fig8] == [
       ('none', '-'), ('lpa', 0.05), ('noise', 0.2), ('noise', 0.5), ('random', 0.05)]
-  fig3 = load(workdir, 'fig3')['rows']
-  assert [r['defense'] for r in fig3] == ['lpa', 'random']
-  assert all(0 <= r['probe_acc'] <= 1 and r['l2_probs'] <= 0.01 + 1e-6 for r in fig3)
-  t8 = load(workdir, 'table8')['stats']
-  assert t8['training_s'] > 0 and t8['inference_ms'] > 0 and t8['poisoning_ms'] > 0
+  by = {(r['defense'], r['value']): r for r in fig8}
+  assert by[('none', '-')]['conf_dist'] == 0
+  assert by[('noise', 0.2)]['conf_dist'] < by[('noise', 0.5)]['conf_dist']  # stronger noise
+  # LPA at 0.05 is table6's cell at 0.05: measured once, the same numbers in both experiments.
+  assert by[('lpa', 0.05)]['attack_acc'] == table6[(0.05, 'lpa')]['attack_acc']
+  assert by[('lpa', 0.05)]['conf_dist'] == table6[(0.05, 'lpa')]['conf_dist']
+
+  fig10 = load(workdir, 'fig10')['rows']
+  assert [r['defense'] for r in fig10] == ['none', 'lpa', 'lfp', 'mid', 'random']
+  for r in fig10:  # the fraction of reconstructions with error > eps, over config.eval.eps_grid
+    eps, fractions = zip(*r['eps_eta'])
+    assert list(eps) == pytest.approx(list(config.eval.eps_grid))
+    assert fractions[0] == 1.0 and all(a >= b for a, b in zip(fractions, fractions[1:]))
+  assert fig10[1]['attack_acc'] == lpa['attack_acc']  # lpa at the base eps: table6's cell
+
+  fig3 = {r['defense']: r for r in load(workdir, 'fig3')['rows']}
+  assert list(fig3) == ['lpa', 'random']
+  # The poisoned query vectors are the very ones table6's cells served: same mean L2 distance.
+  assert fig3['lpa']['l2_probs'] == pytest.approx(lpa['conf_dist'], rel=1e-5)
+  assert fig3['random']['l2_probs'] == pytest.approx(control['conf_dist'], rel=1e-5)
+  assert all(0 <= r['probe_acc'] <= 1 and r['l2_features'] > 0 for r in fig3.values())
+
+  t8 = load(workdir, 'table8')
+  (seed,) = t8['per_seed']
+  assert t8['seeds'] == [config.seed]
+  assert (seed['lpa_steps'], seed['lpa_batch_size']) == (config.lpa.steps, config.lpa.batch_size)
+  text = open(os.path.join(workdir, 'table8.md')).read()
+  assert f'{seed["samples"]} private test vectors' in text
+  for k in ('training_s', 'inference_ms', 'poisoning_ms'):  # one seed: its figures, no spread
+    assert seed[k] > 0 and t8['stats'][k] == seed[k] and t8['stats'][f'{k}_std'] == 0
+  ours = next(l for l in text.splitlines() if '(ours)' in l)
+  assert f'{seed["training_s"]:.1f}s' in ours and f'{seed["poisoning_ms"]:.2f}ms' in ours
+  # Training time is a fresh classifier stage of its own, not the seed's cached one.
+  timing = os.path.join(workdir, f'seed_{config.seed}', 'timing')
+  (run,) = os.listdir(timing)
+  assert os.listdir(os.path.join(timing, run, 'checkpoints')) == ['classifier']
 
 
 def test_bad_names_and_overrides_fail_clearly(config, workdir):

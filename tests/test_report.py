@@ -3,7 +3,9 @@
 import json
 import os
 
+import numpy as np
 import pytest
+from matplotlib.collections import PathCollection
 
 from mip_jax import reference
 from mip_jax.studies import report
@@ -52,9 +54,46 @@ def test_mnist5k_shows_the_papers_mnist_numbers(tmp_path):
   assert 'mnist5k is a subset of it' in table
 
 
-def test_tradeoff_figure_with_and_without_error_bars(tmp_path):
-  mean = [dict(r, conf_dist_std=0.001, attack_acc_std=0.02) for r in ROWS]
-  for name, rows, dataset in (('seeds.png', mean, 'mnist5k'), ('one.png', ROWS, 'digits')):
-    path = os.path.join(tmp_path, 'figures', name)
-    report.save_tradeoff(path, dataset, rows)
-    assert os.path.getsize(path) > 10_000
+def drawn_tradeoff(monkeypatch, path, dataset, rows):
+  """The trade-off figure as drawn: `save_tradeoff` runs, the figure is kept open to be read."""
+  figures = []
+  monkeypatch.setattr(report.plt, 'close', figures.append)
+  report.save_tradeoff(path, dataset, rows)
+  (fig,) = figures
+  return fig.axes[0]
+
+
+@pytest.mark.parametrize('seeds', [False, True])
+def test_tradeoff_figure_draws_one_point_per_row_and_the_papers(tmp_path, monkeypatch, seeds):
+  rows = [dict(r, conf_dist_std=0.001 * (i + 1), attack_acc_std=0.02) for i, r in enumerate(ROWS)
+          ] if seeds else ROWS
+  dataset = 'mnist5k' if seeds else 'digits'
+  path = os.path.join(tmp_path, 'figures', 'tradeoff.png')
+  ax = drawn_tradeoff(monkeypatch, path, dataset, rows)
+  assert os.path.getsize(path) > 10_000
+  # One errorbar point per row, at (Conf. Dist., 100 * Attack Acc.), labelled with the row's name.
+  points = [c.lines[0].get_xydata().tolist() for c in ax.containers]
+  assert points == [[[r['conf_dist'], 100 * r['attack_acc']]] for r in rows]
+  labels = [t.get_text() for t in ax.texts]
+  assert labels[:len(rows)] == ['none', 'random', 'lpa', 'lpa / floor attacker', 'mid']
+  for c, r in zip(ax.containers, rows):
+    bars = c.lines[2]  # ErrorbarContainer: (data line, caps, bar collections: x then y)
+    if not seeds:
+      assert c.has_xerr is False and c.has_yerr is False
+      continue
+    assert c.has_xerr and c.has_yerr
+    (x_bar,), (y_bar,) = bars[0].get_segments(), bars[1].get_segments()
+    np.testing.assert_allclose(x_bar[:, 0], [r['conf_dist'] - r['conf_dist_std'],
+                                             r['conf_dist'] + r['conf_dist_std']])
+    np.testing.assert_allclose(y_bar[:, 1], [100 * (r['attack_acc'] - 0.02),
+                                             100 * (r['attack_acc'] + 0.02)])
+  # The paper's Table I points (hollow, grey) only where the paper has the dataset (MNIST here).
+  scatters = [c for c in ax.collections if isinstance(c, PathCollection)]
+  if not seeds:
+    assert scatters == [] and labels[len(rows):] == []
+    return
+  paper = reference.paper_rows('table1', 'mnist')
+  (scatter,) = scatters
+  np.testing.assert_allclose(scatter.get_offsets(),
+                             [[p['conf_dist'] or 0.0, 100 * p['attack_acc']] for p in paper])
+  assert labels[len(rows):] == [p['label'] for p in paper]

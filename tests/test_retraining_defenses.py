@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from configs import digits
 from mip_jax import defenses
+from mip_jax.attacks import transforms
 from mip_jax.defenses import bido, mid, purification
 from mip_jax.models import Classifier
 from mip_jax.models.feature_classifier import FeatureClassifier
@@ -28,10 +28,8 @@ STEPS = {'mid': (mid, 'mid_step'), 'bido_coco': (bido, 'bido_step'),
 
 
 @pytest.fixture(scope='module')
-def setup(data_dir, tmp_path_factory):
-  c = digits.get_config('tiny')
-  c.data_dir = data_dir
-  return experiment.prepare(c, str(tmp_path_factory.mktemp('retraining')))
+def setup(tiny_setup_copy):
+  return tiny_setup_copy('retraining')  # its own workdir: the retrained stages go there
 
 
 def served(setup, name, state=None):
@@ -91,11 +89,41 @@ def test_deterministic_given_the_seed(setup, fitted, name, tmp_path):
     np.testing.assert_allclose(again[split], vectors, atol=1e-6)
 
 
-def test_a_retrained_defense_runs_through_the_protocol(setup, fitted):
+def test_the_attacker_inverts_the_retrained_models_own_vectors(setup, fitted, monkeypatch):
+  """REPLACES_CLASSIFIER: the private vectors the attacker inverts are the deployed (retrained)
+  model's own, not the undefended classifier's, which it never serves."""
+  inverted, real = [], stages.reconstruct
+  monkeypatch.setattr(stages, 'reconstruct', lambda model, variables, z: inverted.append(
+      np.asarray(z)) or real(model, variables, z))
   (row, recon), = experiment.evaluate_defense(setup, 'bido_hsic')
-  assert recon.shape == setup.splits.private_train.images.shape
-  assert 0 <= row['model_acc'] <= 1 and row['conf_dist'] > 0
-  assert np.isfinite(row['recon_error'])
+  state, out = fitted['bido_hsic']
+  private, attack = setup.splits.private_train, setup.config.attack
+  own = bido.HSIC.apply(state, setup.clean['private_train'], images=private.images)
+  (z,) = inverted
+  np.testing.assert_allclose(z, transforms.attacker_input(own, attack), rtol=1e-6, atol=1e-6)
+  undefended = np.asarray(transforms.attacker_input(setup.clean['private_train'], attack))
+  assert np.abs(z - undefended).max() > 0.1
+  assert recon.shape == private.images.shape
+  # The row measures those same vectors: utility on the retrained model's private test vectors,
+  # privacy on the reconstructions of its private training vectors.
+  test = setup.splits.private_test
+  assert row['model_acc'] == metrics.accuracy(out['private_test'], test.labels)
+  assert row['conf_dist'] == pytest.approx(
+      metrics.confidence_distortion(out['attack_train'], setup.clean['attack_train']), rel=1e-6)
+  assert row['attack_acc'] == metrics.accuracy(stages.predict_probs(*setup.evaluator, recon),
+                                               private.labels)
+
+
+def test_purifier_compiles_once_for_any_number_of_vectors(setup, fitted):
+  state, out = fitted['purification']
+  clean = setup.clean['attack_train']
+  purification.purify(state['purifier'], state['variables'], clean[:10], batch_size=4)
+  before = purification._purified._cache_size()
+  a = purification.purify(state['purifier'], state['variables'], clean[:7], batch_size=4)
+  b = purification.purify(state['purifier'], state['variables'], clean[:5], batch_size=4)
+  assert purification._purified._cache_size() == before  # 4-row batches, the last one padded
+  np.testing.assert_allclose(b, a[:5], atol=1e-6)  # rows are independent of their batch
+  np.testing.assert_allclose(a, out['attack_train'][:7], atol=1e-6)
 
 
 def test_retrained_classifiers_say_they_replace_the_classifier():

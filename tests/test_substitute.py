@@ -7,10 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs import digits
 from mip_jax.data import query_indices
 from mip_jax.models import make_decoder
-from mip_jax.protocol import experiment, substitute
+from mip_jax.protocol import substitute
 
 
 def num_params(variables) -> int:
@@ -18,10 +17,8 @@ def num_params(variables) -> int:
 
 
 @pytest.fixture(scope='module')
-def setup(data_dir, tmp_path_factory):
-  c = digits.get_config('tiny')
-  c.data_dir = data_dir
-  return experiment.prepare(c, str(tmp_path_factory.mktemp('substitute')))
+def setup(tiny_setup_copy):
+  return tiny_setup_copy('substitute')  # its own workdir: substitutes are trained there
 
 
 def with_substitute(setup, **fields):

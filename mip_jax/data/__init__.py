@@ -1,19 +1,19 @@
-"""Data: TFDS builders (digits, mnist5k, FaceScrub), class splits and numpy batches.
+"""Data: TFDS builders (digits, mnist5k, FaceScrub) and class splits.
 
   splits = load_splits(config)          # see configs/common.py for the fields
-  for images, labels in batches((splits.private_train.images,
-                                 splits.private_train.labels), 128, rng=rng):
-    ...
+  images, labels = splits.private_train.images, splits.private_train.labels
+
+Batches are cut where they are used: `runtime.train.epoch_batches` (training) and
+`runtime.parallel.padded_batches` (every jitted batched loop).
 
 TensorFlow is never needed: datasets are read from array_record files.
 """
 
 from mip_jax.data.arrays import ArraySplit, Splits
-from mip_jax.data.batching import batches
 from mip_jax.data.splits import KNOWN_DATASETS, QUERY_PARTS, data_fingerprint, load_splits, query_indices
 from mip_jax.data.tfds_source import DatasetNotFoundError
 
 __all__ = [
     'ArraySplit', 'DatasetNotFoundError', 'KNOWN_DATASETS', 'QUERY_PARTS', 'Splits',
-    'batches', 'data_fingerprint', 'load_splits', 'query_indices',
+    'data_fingerprint', 'load_splits', 'query_indices',
 ]

@@ -24,9 +24,6 @@ import tensorflow_datasets as tfds
 
 from mip_jax.runtime import console
 
-# Public TFDS datasets we read (prepared elsewhere, copied here).
-PUBLIC_DATASETS = ('mnist', 'fashion_mnist', 'cifar10')
-
 # Examples read per `__getitems__` call: batched reads are much faster than
 # one at a time, and chunks keep the encoded payloads of a big split bounded.
 _READ_CHUNK = 4096

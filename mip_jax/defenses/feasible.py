@@ -14,7 +14,6 @@ This is a feasible *map* (differentiable almost everywhere), not the Euclidean p
 input it is the identity, so projecting after every optimiser step is idempotent.
 """
 
-import jax
 import jax.numpy as jnp
 
 # Relative slack on the closed-form t: a few float32 ulps, so the checks below rarely fire.

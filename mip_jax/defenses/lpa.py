@@ -12,7 +12,7 @@
   per-example cosines: a served vector does not depend on its batch-mates; computed from layer
   activations and output gradients without per-example gradients, `losses.ghost`).
 
-The crafting of a batch is one jitted function (a `fori_loop` over rounds, a static number of restarts)
+The crafting of a batch is one jitted function (a `fori_loop` over rounds, the restarts vmapped)
 compiled once per batch shape; batches are padded with zero-weight rows so every batch has the same
 shape, and are split over the 'data' mesh axis (parameters and g_t replicated).
 """
@@ -40,14 +40,34 @@ MODES = ('aggregate', 'per_example')  # lpa.mode / lfp.mode: one batch cosine, o
 
 # ---------------------------------------------------------------- functional pieces
 
+@functools.partial(jax.jit, static_argnames='loss_fn')
+def _chunk_target_gradient(params, probs, images, weights, *, loss_fn):
+  """g_t of one padded chunk (the weighted mean over its real rows); compiled once per loss_fn and
+  chunk shape, so a whole private set costs one compilation whatever its size."""
+  return alignment.target_gradient(loss_fn, params, probs, images, weights)
+
+
 def target_gradient(loss_fn, params, probs: np.ndarray, images: np.ndarray, *,
                     chunk: int = 256) -> Any:
-  """g_t over all private data, accumulated in chunks (mean over examples of -grad R)."""
-  grad = jax.jit(lambda p, c, x, w: alignment.target_gradient(loss_fn, p, c, x, w))
-  total, n = None, len(probs)
-  for i in range(0, n, chunk):
-    c, x = probs[i:i + chunk], images[i:i + chunk]
-    g = optax.tree.scale(len(c) / n, grad(params, c, x, np.ones(len(c), np.float32)))
+  """g_t over all private data, accumulated in chunks (mean over examples of -grad R).
+
+  Every chunk has one shape: the last is padded with zero-weight rows (`parallel.padded_batches`),
+  so it does not compile a second time; a set smaller than `chunk` is one unpadded chunk.
+
+  Args:
+    loss_fn: `decoder_loss_fn(...)` (static: one compilation per loss function and chunk shape).
+    params: the substitute decoder's parameters (put on device once, reused by every chunk).
+    probs: clean private vectors [N, m]; images: their images [N, H, W, C].
+    chunk: rows per jitted call.
+
+  Returns:
+    g_t, a pytree like params.
+  """
+  n = len(probs)
+  params = jax.device_put(params)
+  total = None
+  for _, rows, (c, x, w) in parallel.padded_batches((probs, images), min(chunk, n)):
+    g = optax.tree.scale(rows / n, _chunk_target_gradient(params, c, x, w, loss_fn=loss_fn))
     total = g if total is None else optax.tree.add(total, g)
   return total
 
@@ -108,10 +128,62 @@ def crafting_round(v: jnp.ndarray, opt_state, c: jnp.ndarray, eps, radius=None, 
   return space.after_step(c, optax.apply_updates(v, updates), eps, **where), opt_state
 
 
+def craft_restart(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: jax.Array,
+                  radius: jnp.ndarray | None = None, *, params: Any, target_grad: Any, loss_fn,
+                  cfg) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """One restart of Algorithm 1 on one batch (pure): a random start from `key`, cfg.steps rounds.
+
+  Arguments as `craft_batch`, `key` being this restart's own key (`space.restart_keys`).
+
+  Returns:
+    (defended vectors [B, m], per-row alignment loss of those vectors [B]; in aggregate mode every
+    row carries the batch loss).
+  """
+  eps = cfg.eps if radius is None else radius
+  opt = delta_optimizer(cfg)
+  where = dict(space=cfg.space, log_bound=cfg.log_bound)
+  to_vector = lambda v: space.defended(c, v, eps, **where)
+  objective = alignment_objective(images, weights, params=params, target_grad=target_grad,
+                                  loss_fn=loss_fn, cfg=cfg)
+
+  def row_losses(v):
+    probs = to_vector(v)
+    if cfg.mode == 'per_example':
+      return _ensemble_mean(alignment.per_example_alignment_losses, loss_fn=loss_fn,
+                            params=params, target_grad=target_grad, images=images,
+                            distance=cfg.distance)(probs)
+    return jnp.full(c.shape[:1], objective(probs))
+
+  # Random per-vector start inside the feasible set (the paper: unique init per vector); with
+  # cfg.steps = 0 this is exactly the `random` control defense.
+  v = space.init(key, c, eps if radius is None else radius[:, None], **where)
+
+  def body(_, carry):
+    return crafting_round(*carry, c, eps, radius, objective=objective, opt=opt,
+                          space_name=cfg.space, log_bound=cfg.log_bound)
+
+  v, _ = jax.lax.fori_loop(0, cfg.steps, body, (v, opt.init(v)))
+  return to_vector(v), row_losses(v)
+
+
+def best_restart(vectors: jnp.ndarray, losses: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Per row, the restart of lowest loss: vectors [R, B, m], losses [R, B] -> ([B, m], [B]).
+
+  A tie keeps the earlier restart (as a sequential `loss < best` would); a NaN loss never wins.
+  """
+  pick = jnp.argmin(jnp.where(jnp.isnan(losses), jnp.inf, losses), axis=0)  # [B]
+  rows = jnp.arange(losses.shape[1])
+  return vectors[pick, rows], losses[pick, rows]
+
+
 def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: jax.Array,
                 radius: jnp.ndarray | None = None, *, params: Any, target_grad: Any, loss_fn,
                 cfg) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Crafts defended vectors for one batch of queries (pure; jit it with `cfg` and `loss_fn` static).
+
+  The cfg.restarts restarts run side by side (`vmap` over their keys, one program, no unrolled
+  copies) and each row keeps its lowest-loss restart (`best_restart`; in aggregate mode the loss is
+  the batch's, so a batch keeps one restart).
 
   Args:
     c: clean vectors [B, m]; images: the queried images [B, H, W, C]; weights: 1 for real rows, 0 for
@@ -126,42 +198,12 @@ def craft_batch(c: jnp.ndarray, images: jnp.ndarray, weights: jnp.ndarray, key: 
     (defended vectors [B, m], per-row alignment loss of the returned vectors [B]; in aggregate mode
     every row carries the batch loss).
   """
-  eps = cfg.eps if radius is None else radius
-  opt = delta_optimizer(cfg)
-  per_example = cfg.mode == 'per_example'
-  where = dict(space=cfg.space, log_bound=cfg.log_bound)
-  to_vector = lambda v: space.defended(c, v, eps, **where)
-  objective = alignment_objective(images, weights, params=params, target_grad=target_grad,
-                                  loss_fn=loss_fn, cfg=cfg)
-
-  def row_losses(v):
-    probs = to_vector(v)
-    if per_example:
-      return _ensemble_mean(alignment.per_example_alignment_losses, loss_fn=loss_fn,
-                            params=params, target_grad=target_grad, images=images,
-                            distance=cfg.distance)(probs)
-    return jnp.full(c.shape[:1], objective(probs))
-
-  def one_restart(key):
-    # Random per-vector start inside the feasible set (the paper: unique init per vector); with
-    # cfg.steps = 0 this is exactly the `random` control defense.
-    v = space.init(key, c, eps if radius is None else radius[:, None], **where)
-
-    def body(_, carry):
-      return crafting_round(*carry, c, eps, radius, objective=objective, opt=opt,
-                            space_name=cfg.space, log_bound=cfg.log_bound)
-
-    v, _ = jax.lax.fori_loop(0, cfg.steps, body, (v, opt.init(v)))
-    return to_vector(v), row_losses(v)
-
+  one = lambda k: craft_restart(c, images, weights, k, radius, params=params,
+                                target_grad=target_grad, loss_fn=loss_fn, cfg=cfg)
   keys = space.restart_keys(key, cfg.restarts)
-  best, best_loss = one_restart(keys[0])
-  for k in keys[1:]:  # static count: unrolled, still one compilation
-    out, loss = one_restart(k)
-    better = (loss < best_loss)[:, None]
-    best = jnp.where(better, out, best)
-    best_loss = jnp.minimum(loss, best_loss)
-  return best, best_loss
+  if cfg.restarts == 1:  # no restart axis: the very program of a single restart
+    return one(keys[0])
+  return best_restart(*jax.vmap(one)(keys))
 
 
 class Crafter:
@@ -193,6 +235,7 @@ class Crafter:
     params, target_grads = tuple(v['params'] for _, v, _ in members), tuple(g for *_, g in members)
     if len(members) == 1:  # a single substitute: plain pytrees, as the functional API takes them
       loss_fn, params, target_grads = loss_fn[0], params[0], target_grads[0]
+    self.loss_fn = loss_fn
     self.params = parallel.replicate(params, self.mesh)
     self.target_grad = parallel.replicate(target_grads, self.mesh)
     # Replicated outputs: with several processes every one of them reads the whole crafted batch.

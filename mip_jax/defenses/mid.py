@@ -15,6 +15,8 @@ z = mu + std * eps as MID's code does at test time too (deterministic given conf
 queried images).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,15 +109,25 @@ def check_queries(probs, images, num_classes: int, name: str) -> None:
                      f'{len(images)} images, got shape {probs.shape}')
 
 
+@functools.partial(jax.jit, static_argnames='model')
+def _sampled_probs(variables, images, key, *, model):
+  """Softmax of the VIB classifier with z sampled from `key`; compiled once per model and shape."""
+  return jax.nn.softmax(model.apply(variables, images, train=False, sample=True,
+                                    rngs={'bottleneck': key}), axis=-1)
+
+
 def sampled_probs(model, variables, images: np.ndarray, *, seed: int,
                   batch_size: int = 512) -> np.ndarray:
-  """Softmax vectors with z sampled (MID's inference); keyed by seed and the images themselves."""
-  fn = jax.jit(lambda v, x, k: jax.nn.softmax(
-      model.apply(v, x, train=False, sample=True, rngs={'bottleneck': k}), axis=-1))
+  """Softmax vectors with z sampled (MID's inference); keyed by seed and the images themselves.
+
+  Chunks are not padded: a row's noise is drawn for its chunk's shape, so padding would change the
+  short last chunk's samples. At most two shapes (full chunks and the last) per model and size.
+  """
   tag = int(checkpoints.array_fingerprint(images), 16) % (2 ** 31)
   key = jax.random.fold_in(jax.random.key(seed), tag)
-  return np.concatenate([np.asarray(fn(variables, images[i:i + batch_size],
-                                       jax.random.fold_in(key, i)))
+  variables = jax.device_put(variables)
+  return np.concatenate([np.asarray(_sampled_probs(variables, images[i:i + batch_size],
+                                                   jax.random.fold_in(key, i), model=model))
                          for i in range(0, len(images), batch_size)])
 
 

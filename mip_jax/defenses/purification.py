@@ -17,9 +17,11 @@ Adversarial variant (config.purification.adversarial): an inversion model H (the
 architecture, fed `attacks.transforms.attacker_input` of G's output) learns to rebuild the reference
 images from purified vectors while G also maximises H's error (min-max, weight
 config.purification.adversarial_weight). Both take one simultaneous gradient step per batch (H on
-G's output with G fixed; G against the current H). Its stage is `purifier_adversarial`, else
-`purifier`.
+G's output with G fixed; G against the current H). Its stage is `purifier_adversarial_<hash>`,
+else `purifier_<hash>` (the hash of what defines it).
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -154,11 +156,16 @@ def train_purifier(setup):
                     'batch_stats': state.batch_stats['purifier']}
 
 
+@functools.partial(jax.jit, static_argnames='model')
+def _purified(variables, probs, *, model):
+  return jax.nn.softmax(model.apply(variables, probs, train=False), axis=-1)
+
+
 def purify(purifier, variables, probs: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
-  """G(c) for clean vectors [N, m] (eval mode), batched; float32 probability vectors."""
-  fn = jax.jit(lambda v, c: jax.nn.softmax(purifier.apply(v, c, train=False), axis=-1))
-  return np.concatenate([np.asarray(fn(variables, probs[i:i + batch_size]))
-                         for i in range(0, len(probs), batch_size)])
+  """G(c) for clean vectors [N, m] (eval mode: rows are independent), in padded batches of one
+  shape, so the jitted G compiles once per purifier and batch size; float32 probability vectors."""
+  return stages.batched(_purified, purifier, variables, probs,
+                        batch_size=max(1, min(batch_size, len(probs))))
 
 
 def fit(setup) -> dict:

@@ -11,10 +11,13 @@ inputs is a second-order derivative.
   d_loss_d_inputs = jax.grad(alignment_loss)(poison_inputs, ...)
 
 `loss_fn(params, inputs, images, weights) -> scalar` is any weighted reconstruction loss of a decoder.
+Shapes are checked with chex at trace time (free under jit): inputs and images pair up row by row,
+weights are one per row, and g_t has the parameters' tree and shapes.
 """
 
 from typing import Any, Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -46,7 +49,15 @@ def poisoned_gradient(loss_fn: LossFn, params: Any, inputs: jnp.ndarray, images:
   """grad_params of the training loss the attacker's decoder sees on (inputs, images)."""
   if weights is None:
     weights = jnp.ones(inputs.shape[:1], inputs.dtype)
+  _check_rows(inputs, images, weights)
   return jax.grad(loss_fn)(params, inputs, images, weights)
+
+
+def _check_rows(inputs, images, weights=None) -> None:
+  """Paired rows: inputs [B, ...], images [B, ...], weights [B] (a mismatch would broadcast)."""
+  chex.assert_equal_shape_prefix([inputs, images], 1)
+  if weights is not None:
+    chex.assert_shape(weights, inputs.shape[:1])
 
 
 def target_gradient(loss_fn: LossFn, params: Any, inputs: jnp.ndarray, images: jnp.ndarray,
@@ -59,6 +70,7 @@ def alignment_loss(inputs: jnp.ndarray, *, loss_fn: LossFn, params: Any, images:
                    target_grad: Any, weights: jnp.ndarray | None = None,
                    distance: str = 'cosine') -> jnp.ndarray:
   """Aggregate alignment: distance(g_t, grad of the loss over the whole batch) (the paper's Eq. 7)."""
+  chex.assert_trees_all_equal_shapes(target_grad, params)
   g_p = poisoned_gradient(loss_fn, params, inputs, images, weights)
   return DISTANCES[distance](target_grad, g_p)
 
@@ -78,6 +90,8 @@ def per_example_alignment_losses(inputs: jnp.ndarray, *, loss_fn: LossFn, params
   """
   if impl not in PER_EXAMPLE_IMPLS:
     raise ValueError(f'per-example impl must be one of {PER_EXAMPLE_IMPLS}, got {impl!r}')
+  _check_rows(inputs, images)
+  chex.assert_trees_all_equal_shapes(target_grad, params)
   if impl in ('auto', 'ghost'):
     try:
       return ghost.DISTANCES[distance](loss_fn, params, inputs, images, target_grad)
@@ -97,5 +111,6 @@ def per_example_alignment_loss(inputs: jnp.ndarray, *, weights: jnp.ndarray | No
   """Weighted mean over examples of `per_example_alignment_losses(inputs, **kwargs)`."""
   if weights is None:
     weights = jnp.ones(inputs.shape[:1], inputs.dtype)
+  chex.assert_shape(weights, inputs.shape[:1])
   losses = per_example_alignment_losses(inputs, **kwargs)
   return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)

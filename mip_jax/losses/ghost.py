@@ -28,6 +28,7 @@ batch-statistics BatchNorm, raises `Unsupported` while tracing;
 
 from typing import Any, Callable
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -203,6 +204,9 @@ def per_example_dots_and_sq_norms(loss_fn: Callable, params: Any, inputs: jnp.nd
   Returns:
     two [B] arrays. Raises `Unsupported` (while tracing) for models it cannot handle.
   """
+  chex.assert_equal_shape_prefix([inputs, images], 1)
+  # The direction's leaves are matched to the parameters' by position (`_leaves_by_module`).
+  chex.assert_trees_all_equal_shapes(direction, params)
   zeros = _output_zeros(loss_fn, params, inputs, images)
   cotangents, taps = jax.grad(lambda z: _tapped(loss_fn, params, inputs, images, z)[:2],
                               has_aux=True)(zeros)

@@ -18,6 +18,7 @@ back at the end, so unbounded (linear) kernels on large or tiny features neither
 underflow; square roots are guarded so the gradient at zero dependence is 0, not NaN.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -48,6 +49,7 @@ def pairwise_sq_distances(x: jnp.ndarray) -> jnp.ndarray:
   Returns:
     D with D[i, j] = ||x_i - x_j||^2.
   """
+  chex.assert_rank(x, 2)
   x = x - jnp.mean(x, axis=0, keepdims=True)  # translation invariant; avoids cancellation
   sq = jnp.sum(x * x, axis=1)
   d = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
@@ -65,6 +67,7 @@ def median_sq_distance(d: jnp.ndarray) -> jnp.ndarray:
     A positive scalar (no gradient flows through it: the bandwidth is a constant of the kernel).
   """
   b = d.shape[0]
+  chex.assert_shape(d, (b, b))
   off = d[jnp.triu_indices(b, k=1)]
   med = jnp.median(off)
   med = jnp.where(med > 0, med, jnp.mean(off))  # more than half the pairs coincide
@@ -103,6 +106,7 @@ def gram(x: jnp.ndarray, kernel: str = 'gaussian', sigma: float | None = None) -
 
 def center(k: jnp.ndarray) -> jnp.ndarray:
   """H K H for H = I - 11^T / B, computed by subtracting means (no B x B matmuls)."""
+  chex.assert_shape(k, (k.shape[0], k.shape[0]))
   k = 0.5 * (k + k.T)
   row = jnp.mean(k, axis=0, keepdims=True)
   return k - row - row.T + jnp.mean(k)

@@ -1,10 +1,17 @@
-"""Reconstruction losses between images in [0, 1] (NHWC); pure, jit/vmap/grad-safe."""
+"""Reconstruction losses between images in [0, 1] (NHWC); pure, jit/vmap/grad-safe.
 
+Reconstruction and target must have the same shape, [B, ...] (chex, at trace time): a broadcast
+[B, H, W, C] against [H, W, C] or [1, ...] would silently average the wrong pairs.
+"""
+
+import chex
 import jax.numpy as jnp
 
 
 def per_example_mse(recon: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
   """Mean squared error of each example over its pixels: shape [B]."""
+  chex.assert_equal_shape([recon, target])
+  chex.assert_rank(recon, {2, 3, 4})
   return jnp.mean(jnp.square(recon - target), axis=tuple(range(1, recon.ndim)))
 
 

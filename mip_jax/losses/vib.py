@@ -10,6 +10,7 @@ std near 0.0067.
   kl = gaussian_kl(mu, std, log_std=log_std)   # nats, summed over dims, mean over the batch
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -47,6 +48,7 @@ def softplus_std(raw: jnp.ndarray, shift: float = MID_STD_SHIFT) -> tuple[jnp.nd
 
 def reparameterize(key: jax.Array, mu: jnp.ndarray, std: jnp.ndarray) -> jnp.ndarray:
   """A sample z = mu + std * eps, eps ~ N(0, I) (differentiable in mu and std)."""
+  chex.assert_equal_shape([mu, std])  # eps is drawn in mu's shape: a broadcast std would not fit
   return mu + std * jax.random.normal(key, mu.shape, mu.dtype)
 
 
@@ -70,5 +72,6 @@ def gaussian_kl(mu: jnp.ndarray, std: jnp.ndarray, *,
     raise ValueError(f'mu and std must have the same shape [B, k], got {mu.shape} and {std.shape}')
   if log_std is None:
     log_std = jnp.log(std)
+  chex.assert_equal_shape([std, log_std])
   per_dim = 0.5 * (jnp.square(mu) + jnp.square(std) - 1.0 - 2.0 * log_std)
   return jnp.mean(jnp.sum(per_dim.reshape(per_dim.shape[0], -1), axis=-1))

@@ -1,10 +1,11 @@
 """Crafts LPA vectors for a fixed tiny problem and saves them: run under different device counts.
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/scripts/craft_lpa.py OUT.npz MODE
+  python tests/scripts/craft_lpa.py OUT.npz MODE DEVICES   # DEVICES fake CPU devices (chex)
 """
 
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,7 +46,9 @@ def main(out: str, mode: str):
 
 
 if __name__ == '__main__':
+  out_file, crafting_mode, devices = sys.argv[1:]
+  chex.set_n_cpu_devices(int(devices))  # before any JAX computation starts the CPU backend
   # float64 only in this process: sign(grad) must not flip on last-bit reduction-order noise. (At
   # import time this would switch x64 on for a whole pytest session.)
   jax.config.update('jax_enable_x64', True)
-  main(*sys.argv[1:])
+  main(out_file, crafting_mode)
