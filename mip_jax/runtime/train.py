@@ -12,9 +12,9 @@ across processes; the state is replicated on every device, saved and restored by
 together (Orbax), and only process 0 shows the progress bar.
 
 Inside `with load_only():` (or with `fit(..., load_only=True)`) `fit` only loads: a stage without a
-finished checkpoint raises `StageNotTrainedError` instead of training. Serving (`mip_jax.serving.defender`)
-builds everything through the same stage functions as an experiment, under this context, so it can
-never start a training run by accident.
+finished checkpoint raises `StageNotTrainedError` instead of training. `load` restores a finished
+stage without its training data and never trains (serving restores the target classifier with it,
+`stages.load_classifier`).
 """
 
 import contextlib

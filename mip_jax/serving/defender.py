@@ -189,14 +189,15 @@ class Defender:
     self._lock = threading.Lock()
 
   @classmethod
-  def from_workdir(cls, workdir: str, config, defense: str, *, mesh=None) -> 'Defender':
+  def from_workdir(cls, workdir: str, config=None, defense: str | None = None, *,
+                   mesh=None) -> 'Defender':
     """Loads the trained classifier and the serving artefact of `defense` in `workdir`.
 
     Args:
       workdir: a run directory in which `defense` was fitted (e.g. by launch.compare).
       config: the run's config; None: the one saved in the workdir (`run_config`). A given config
         must match the saved one (run_config.ConfigMismatchError names the differing fields).
-      defense: a registered defense name.
+      defense: a registered defense name (required; None fails listing them).
       mesh: device mesh of defenses that split batches over devices (default: all devices).
 
     Raises:
