@@ -113,7 +113,7 @@ def fit(setup) -> dict:
   rules.enforce(RULES, config)
   members = []
   if fine_tunes(cfg):
-    lpa.check_crafting(cfg, setup.mesh)
+    lpa.check_crafting(cfg, setup.mesh, 'lfp')
     model, variables = substitute.train_substitute(setup)
     loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'],
                                          substitute.attack_config(config), cfg.loss, cfg.batchnorm)

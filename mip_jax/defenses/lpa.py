@@ -249,13 +249,13 @@ class Crafter:
     return np.concatenate(out), np.concatenate(losses)
 
 
-def check_crafting(cfg, mesh) -> None:
-  """A crafting section (config.lpa / config.lfp) the Crafter can run on `mesh`; ValueError
-  naming the field otherwise."""
+def check_crafting(cfg, mesh, name: str = 'lpa') -> None:
+  """A crafting section (config.lpa, config.lfp: `name`) the Crafter can run on `mesh`;
+  ValueError naming the field otherwise."""
   if cfg.mode not in MODES:
-    raise ValueError(f'lpa.mode must be one of {MODES}, got {cfg.mode!r}')
+    raise ValueError(f'{name}.mode must be one of {MODES}, got {cfg.mode!r}')
   if cfg.batch_size % mesh.devices.size:
-    raise ValueError(f'lpa.batch_size={cfg.batch_size} must be a multiple of the '
+    raise ValueError(f'{name}.batch_size={cfg.batch_size} must be a multiple of the '
                      f'{mesh.devices.size} devices')
   space.check(cfg.space)
 

@@ -85,9 +85,9 @@ def check(name: str, defense) -> Defense:
 
 
 def plain(value) -> bool:
-  """Whether `value` is JSON-able settings: numbers, strings, bools, None, lists and str-keyed
-  dicts of them."""
-  if value is None or isinstance(value, (bool, int, float, str)):
+  """Whether `value` is JSON-able settings: numbers (numpy scalars too: written as numbers),
+  strings, bools, None, lists and str-keyed dicts of them."""
+  if value is None or isinstance(value, (bool, int, float, str, np.bool_, np.number)):
     return True
   if isinstance(value, (list, tuple)):
     return all(plain(v) for v in value)
