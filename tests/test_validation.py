@@ -201,6 +201,21 @@ def test_random_overrides_pass_or_fail_with_config_errors_only(overrides):
                             for line in str(e).splitlines()), str(e)
 
 
+def test_a_none_field_never_crashes_a_cross_field_check():
+  """Rules skip None, so each owner's CHECKS must too: every leaf set to None, one at a time
+  (tailfloor's noise fill as well, whose check reads tailfloor.low), fails with ConfigError
+  sentences or passes, with and without the type check in front (topk.k, tailfloor.threshold and
+  diffusion.beta_* once raised TypeError here)."""
+  for base in ({}, {'tailfloor.fill': 'noise'}):
+    for leaf in LEAVES:
+      config = overridden({**base, leaf: None})
+      for defaults in (tiny(), None):
+        try:
+          validation.check(config, defaults=defaults)
+        except ConfigError as e:
+          assert all(line.startswith('config.') for line in str(e).splitlines()), (leaf, str(e))
+
+
 def run_launcher(args, tmp_path):
   workdir = tmp_path / 'run'
   r = subprocess.run([sys.executable, '-m', *args, f'--workdir={workdir}',

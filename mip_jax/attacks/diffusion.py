@@ -47,7 +47,7 @@ RULES = {
 def betas_ascend(config) -> list[str]:
   """The linear schedule runs from beta_start up to beta_end (`Schedule.linear`)."""
   cfg = config.diffusion
-  if cfg.beta_start > cfg.beta_end:
+  if cfg.beta_start is not None and cfg.beta_end is not None and cfg.beta_start > cfg.beta_end:
     return [rules.problem('diffusion.beta_start', cfg.beta_start, f'must be <= '
                           f'diffusion.beta_end={cfg.beta_end} (betas rise linearly)')]
   return []

@@ -17,7 +17,7 @@ def at_most_the_classes(config) -> list[str]:
   """topk.k <= the number of private classes, where the config tells it (not FaceScrub's)."""
   from mip_jax.data.splits import private_class_count  # noqa: late import: data loading code
   m = private_class_count(config)
-  if m is not None and config.topk.k > m:
+  if m is not None and config.topk.k is not None and config.topk.k > m:
     return [rules.problem('topk.k', config.topk.k, f'must be <= {m}, the number of private '
                           'classes')]
   return []

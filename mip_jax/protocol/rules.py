@@ -15,7 +15,8 @@ This module imports nothing of the library: a defense can declare its rules with
 
 Patterns are shell-style (`fnmatch`): every pattern that matches a field applies, in the order
 declared, and the first problem is the field's one sentence. A None value skips the rules (whether a
-field may be None is the type check's decision, `validation`).
+field may be None is the type check's decision, `validation`), and a CHECKS function skips the
+comparisons a None field of its own takes part in, as the rules do.
 """
 
 import difflib
