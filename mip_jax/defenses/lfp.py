@@ -129,7 +129,8 @@ def make_state(config, members: list, mesh, *, workdir: str | None) -> dict:
   state = {'cfg': cfg, 'seed': space.crafting_seed(config), 'workdir': workdir, 'crafter': None,
            'members': members}
   if members:
-    state['crafter'] = lpa.Crafter(members=members, config=config, mesh=mesh, section=cfg)
+    state['crafter'] = lpa.Crafter(members=members, config=config, mesh=mesh, section=cfg,
+                                   name='lfp')
     state['tag'] = lpa.cache_tag(config, cfg, [m[1] for m in members], [m[2] for m in members])
   return state
 

@@ -199,13 +199,14 @@ class Crafter:
     config: the run config (uses config.lpa, config.attack and config.substitute's transform).
     mesh: 'data' mesh; the crafting batch is split over it.
     section: the crafting settings when not config.lpa (LFP's config.lfp); same fields.
+    name: the section's config name, which its errors name ('lfp' for LFP's).
   """
 
   def __init__(self, *, model=None, variables=None, target_grad=None, config, mesh=None,
-               section=None, members=None):
+               section=None, name: str = 'lpa', members=None):
     self.cfg = config.lpa if section is None else section
     self.mesh = mesh or parallel.data_mesh()
-    check_crafting(self.cfg, self.mesh)
+    check_crafting(self.cfg, self.mesh, name)
     members = members or [(model, variables, target_grad)]
     attack_cfg = substitute.attack_config(config)
     loss_fn = tuple(decoder_loss_fn(m, v['batch_stats'], attack_cfg, self.cfg.loss,
