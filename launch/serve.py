@@ -6,8 +6,9 @@
   curl -s -X POST localhost:8000/defend -H 'content-type: application/json' \
        -d '{"images": [[[0.0, ...16 values], ...16 rows]]}'
 
-Nothing is trained here: a workdir without the finished stages the defense needs is an error. The
-config is the one saved in the workdir (config.json); a --config given as well must match it (the
+Nothing is trained and no data is read here: the target classifier's checkpoint, the workdir's
+config.json and the defense's serving artefact (written by launch.compare) are all it reads; a
+missing one is an error naming what writes it. A --config given as well must match config.json (the
 error names the fields that differ). --port=0 picks a free port; the
 address is printed as `serving <defense> on http://HOST:PORT` once the server accepts requests.
 """
@@ -28,7 +29,6 @@ PORT = flags.DEFINE_integer('port', 8000, 'TCP port; 0 picks a free one.')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from mip_jax.data import DatasetNotFoundError
   from mip_jax.runtime import checkpoints, train
   from mip_jax.serving import server as serving  # noqa: late import keeps `--help` fast
   from mip_jax.serving.defender import Defender
@@ -36,7 +36,7 @@ def main(argv):
   config = common.trained_config()
   try:
     defender = Defender.from_workdir(common.WORKDIR.value, config, DEFENSE.value)
-  except (ValueError, FileNotFoundError, DatasetNotFoundError, train.StageNotTrainedError,
+  except (ValueError, FileNotFoundError, train.StageNotTrainedError,
           checkpoints.StageMismatchError) as e:
     sys.exit(f'error: {e}')
   web_app = serving.make_app(defender, max_batch=config.serve.max_batch)

@@ -1,5 +1,8 @@
-"""The Defender API: loads a trained workdir without training, defends images, never serves clean rows."""
+"""The Defender API: serves a trained workdir from its classifier checkpoint and the defense's
+serving artefact alone (no data, no evaluator, no training), never serves clean rows."""
 
+import dataclasses
+import json
 import os
 import shutil
 
@@ -8,11 +11,18 @@ import numpy as np
 import pytest
 
 from configs import digits
-from mip_jax.defenses import vae
-from mip_jax.protocol import experiment, metrics, run_config, stages, substitute
-from mip_jax.runtime import train
-from mip_jax.serving import defender as defender_lib
+from mip_jax import defenses
+from mip_jax.defenses import artefact, lpa, vae
+from mip_jax.protocol import experiment, metrics, run_config, stages
+from mip_jax.runtime import parallel, train
 from mip_jax.serving.defender import DefenseError, Defender
+
+# Served in these tests, one of each kind: plain settings (none, onepara with noise keyed by the
+# whole batch, tailfloor with its fitted floor, random), arrays (vae's generator, the purifier,
+# pgd's and grad2's substitute, lpa's substitute and target gradient) and a retrained classifier
+# (mid).
+SERVED = ('none', 'onepara', 'tailfloor', 'random', 'vae', 'lpa', 'purification', 'pgd', 'grad2',
+          'mid')
 
 
 def tiny_serving_config(data_dir: str):
@@ -22,15 +32,17 @@ def tiny_serving_config(data_dir: str):
 
 
 def trained_workdir(tmp_path_factory, data_dir: str) -> str:
-  """A tiny workdir with every stage serving needs (classifier, evaluator, substitute, vae).
+  """A tiny workdir with every stage and serving artefact of SERVED, as launch.compare leaves it.
 
-  Shared by this module and test_serve.py: the second caller finds the finished stages and only
-  loads them.
+  Shared by this module and test_serve*.py: a later caller finds the finished stages and the
+  artefacts and only loads the classifier stages.
   """
   workdir = str(tmp_path_factory.getbasetemp() / 'serving_workdir')
   config = tiny_serving_config(data_dir)
   setup = experiment.prepare(config, workdir)
-  vae.fit(setup)
+  for name in SERVED:
+    if not artefact.exists(workdir, name, config):
+      experiment.export_defense(setup, name)
   run_config.save(workdir, config)  # as experiment.run does
   return workdir
 
@@ -100,22 +112,109 @@ def test_lpa_online_and_post_processing_defenses(workdir, data_dir, setup):
   np.testing.assert_allclose(plain.defend(clean), clean, atol=1e-6)
 
 
+def serving_parts(workdir: str, to) -> str:
+  """A copy of only what serving may read: the classifier's checkpoint, artefacts and config."""
+  os.makedirs(to / 'checkpoints')
+  shutil.copytree(os.path.join(workdir, 'checkpoints', 'classifier'),
+                  to / 'checkpoints' / 'classifier')
+  shutil.copytree(os.path.join(workdir, artefact.DIRECTORY), to / artefact.DIRECTORY)
+  shutil.copy(os.path.join(workdir, run_config.CONFIG_FILE), to / run_config.CONFIG_FILE)
+  return str(to)
+
+
+def test_serving_needs_no_data_no_evaluator_and_equals_the_defenses_own_apply(
+    workdir, data_dir, setup, tmp_path, monkeypatch):
+  """A workdir without its data folder and its evaluator (nor any other stage): every defense
+  serves, and serves what its own `apply` gives on the same clean vectors."""
+  served = serving_parts(workdir, tmp_path / 'served')
+  assert not os.path.exists(os.path.join(served, 'checkpoints', 'eval_classifier'))
+  config = tiny_serving_config(str(tmp_path / 'deleted_data'))  # a data folder that is gone
+  monkeypatch.setattr(experiment, 'prepare', None)  # anything that loads data or the evaluator
+  monkeypatch.setattr(stages, 'train_classifier', None)
+  served_by = {name: Defender.from_workdir(served, config, name) for name in SERVED}
+  monkeypatch.undo()  # the defenses' own fit (below) loads their stages through these
+  images = setup.splits.private_test.images[:9]
+  for name, defender in served_by.items():
+    clean = defender.classify(images)
+    np.testing.assert_allclose(clean, stages.predict_probs(*setup.classifier, images), atol=1e-5)
+    if name == 'lpa':  # crafted online, per example: see test_lpa_serves_each_row_alone
+      continue
+    module = defenses.get(name)
+    with train.load_only():
+      state = module.fit(setup)
+    # The tiny classifier's vectors are flat; sharpened (same labels) they have the small entries
+    # some defenses act on (tailfloor).
+    probs = np.asarray(jax.nn.softmax(8 * np.log(clean), axis=1), np.float32)
+    expected = module.apply(state, probs, images=images)
+    # Rows whose label the defense changes (an untrained-looking tiny purifier, MID's own
+    # classifier) are refused, never served: the others are served exactly.
+    flipped = np.flatnonzero(np.argmax(expected, 1) != np.argmax(probs, 1))
+    try:
+      served_rows = defender.defend(probs, images)
+      assert not len(flipped), name
+    except DefenseError as e:
+      assert e.rows == flipped.tolist() and len(flipped), (name, e)
+      served_rows = e.defended
+      assert np.isnan(served_rows[flipped]).all()
+      served_rows[flipped] = expected[flipped]
+    np.testing.assert_allclose(served_rows, expected, atol=1e-6, err_msg=name)
+    if name != 'none':
+      assert np.abs(expected - probs).max() > 1e-4, name  # it defends: not a vacuous equality
+
+
+def test_lpa_serves_each_row_alone_as_inside_a_request(workdir, data_dir, setup):
+  """LPA crafts online per example: a row alone and inside a 7-row request (another padded
+  bucket) come out the same, and they are LPA's own per-example crafting of that row."""
+  config = tiny_serving_config(data_dir)
+  defender = Defender.from_workdir(workdir, config, 'lpa')
+  images = setup.splits.attack_train.images[:7]
+  clean = defender.classify(images)
+  together = defender.defend(clean, images)
+  for row in (0, 3, 6):
+    alone = defender.defend(clean[row:row + 1], images[row:row + 1])
+    np.testing.assert_allclose(alone[0], together[row], atol=1e-6)
+  # The lpa module's own crafting in per-example mode (its batch of lpa.batch_size rows).
+  per_example = setup.config.copy_and_resolve_references()
+  per_example.lpa.mode = 'per_example'
+  with train.load_only():
+    state = lpa.fit(dataclasses.replace(setup, config=per_example))
+  np.testing.assert_allclose(together, lpa.apply(state, clean, images=images), atol=1e-6)
+  assert np.all(np.linalg.norm(together - clean, axis=1) > 1e-4)
+
+
 def test_untrained_workdirs_fail_clearly_and_train_nothing(workdir, data_dir, tmp_path):
   config = tiny_serving_config(data_dir)
   with pytest.raises(FileNotFoundError, match='no trained classifier'):
     Defender.from_workdir(str(tmp_path / 'empty'), config, 'vae')
-  # Classifier and evaluator only: the substitute stage is missing and must not be trained.
+  # The classifier and the config only: no artefact, and the command that writes it is named.
   partial = tmp_path / 'partial'
-  for stage in ('classifier', 'eval_classifier'):
-    shutil.copytree(os.path.join(workdir, 'checkpoints', stage), partial / 'checkpoints' / stage)
-  stage = substitute.stage_name(config)
-  with pytest.raises(train.StageNotTrainedError, match=f"'{stage}' is not trained"):
-    Defender.from_workdir(str(partial), config, 'vae')
-  assert not os.listdir(partial / 'checkpoints' / stage)  # no epoch was saved
+  shutil.copytree(os.path.join(workdir, 'checkpoints', 'classifier'),
+                  partial / 'checkpoints' / 'classifier')
+  shutil.copy(os.path.join(workdir, run_config.CONFIG_FILE), partial / run_config.CONFIG_FILE)
+  with pytest.raises(artefact.MissingArtefactError) as err:
+    Defender.from_workdir(str(partial), None, 'vae')
+  message = str(err.value)
+  assert 'no serving artefact of defense \'vae\'' in message and 'none was written' in message
+  assert 'python -m launch.compare --config=' in message
+  assert f'--workdir={partial} --defenses=vae' in message
+  assert sorted(os.listdir(partial / 'checkpoints')) == ['classifier']  # nothing was trained
   with pytest.raises(ValueError, match='known defenses'):
     Defender.from_workdir(workdir, config, 'magic')
 
 
+def test_an_artefact_of_another_config_is_never_served(workdir, tmp_path):
+  """The workdir's config changed after the defense was fitted (here: a field of vae): the old
+  artefact is not served, and the error says why."""
+  served = serving_parts(workdir, tmp_path / 'changed')
+  path = os.path.join(served, run_config.CONFIG_FILE)
+  with open(path) as f:
+    saved = json.load(f)
+  saved['vae']['latent'] = 3
+  with open(path, 'w') as f:
+    json.dump(saved, f)
+  for name in ('vae', 'onepara'):  # the whole config keys every artefact
+    with pytest.raises(artefact.MissingArtefactError, match='only for another config'):
+      Defender.from_workdir(served, None, name)
 def test_the_workdir_remembers_its_config(workdir, data_dir, vae_defender):
   config = tiny_serving_config(data_dir)
   images = np.random.default_rng(0).uniform(size=(3, 16, 16, 1)).astype(np.float32)
@@ -203,5 +302,5 @@ def test_a_failing_defense_raises_and_never_returns_clean_rows(vae_defender, set
 
 
 def test_bucket_sizes():
-  assert [defender_lib.bucket_size(n) for n in (1, 2, 3, 5, 256)] == [1, 2, 4, 8, 256]
-  assert defender_lib.bucket_size(3, multiple=8) == 8
+  assert [parallel.bucket_size(n) for n in (1, 2, 3, 5, 256)] == [1, 2, 4, 8, 256]
+  assert parallel.bucket_size(3, multiple=8) == 8

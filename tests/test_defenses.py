@@ -5,13 +5,15 @@ vectors defended are hand-made, paired with real query images where a defense ne
 """
 
 import dataclasses
+import fnmatch
 
 import numpy as np
 import pytest
 
 from mip_jax import defenses
 from mip_jax.defenses import lfp
-from mip_jax.protocol import metrics
+from mip_jax.protocol import experiment, metrics, rules, validation
+from mip_jax.runtime import train
 
 N, M = 40, 5
 MINE = ('none', 'lfp', 'noise', 'onepara', 'rounding', 'topk', 'advexa', 'pgd', 'poi_mse')
@@ -243,3 +245,70 @@ def test_registry_follows_the_protocol_and_a_module_without_it_is_refused():
   half = types.SimpleNamespace(fit=lambda setup: None, apply=lambda s, p, images=None: p)
   with pytest.raises(TypeError, match='lacks REPLACES_CLASSIFIER'):
     protocol.check('half', half)
+
+
+# ---------------------------------------------------------------- rules: validation agrees with fit
+
+def rule_edges(defense, config):
+  """(path, value, whether the rule accepts it) at both sides of every limit of every rule the
+  defense declares, for each config field its patterns match."""
+  values = rules.flatten(config)
+  for pattern, declared in getattr(defense, 'RULES', {}).items():
+    paths = fnmatch.filter(values, pattern)
+    assert paths, f'{pattern!r} matches no config field'
+    for path in paths:
+      for rule in declared:
+        for value, accepted in rule.edges(values[path]):
+          yield path, value, accepted
+
+
+def fit_accepts(defense, setup) -> bool:
+  """Whether `fit` gets past its argument checks: it returns, or it reaches a stage to train (in a
+  workdir without any, load-only). A ValueError (ConfigError) is a refusal; it must come before
+  any training, since no stage could be loaded."""
+  try:
+    with train.load_only():
+      defense.fit(setup)
+  except train.StageNotTrainedError:
+    return True
+  except ValueError:
+    return False
+  return True
+
+
+@pytest.mark.parametrize('name', list(defenses.REGISTRY))
+def test_what_validation_accepts_fit_accepts_and_what_it_refuses_fit_refuses(setup, name,
+                                                                            tmp_path):
+  """Every registered defense, at the edges of each of its rules: validation's verdict (with the
+  cross-field checks) is fit's verdict, and a value a rule refuses is refused before training."""
+  defense = defenses.get(name)
+  defaults = digits.get_config('tiny')
+  cases = [(None, None, True)] + list(rule_edges(defense, setup.config))
+  assert name in ('none', 'poi_mse') or len(cases) > 3  # the others declare rules
+  for path, value, rule_accepts in cases:
+    config = setup.config.copy_and_resolve_references()
+    if path is not None:
+      section, _, field = path.rpartition('.')
+      (config[section] if section else config)[field] = value
+    accepted = not validation.problems(config, defaults=defaults, devices=1)
+    if path is None:  # the shipped config
+      assert accepted, validation.problems(config, defaults=defaults, devices=1)
+    if not rule_accepts:
+      assert not accepted, (path, value)
+    # A fresh workdir: no stage can be loaded, so nothing refused may get as far as training.
+    fresh = dataclasses.replace(setup, config=config, workdir=str(tmp_path / 'empty'))
+    assert fit_accepts(defense, fresh) == accepted, (name, path, value, accepted)
+
+
+def test_the_disagreements_are_gone(setup):
+  """Values validation used to accept and fit refused after the classifiers had trained."""
+  for section, fields, module in [('noise', {'scale': 0.0}, defenses.noise),
+                                  ('rounding', {'decimals': 0}, defenses.rounding),
+                                  ('lfp', {'budget': 0.0}, lfp)]:
+    bad = with_config(setup, **{section: fields})
+    assert validation.problems(bad.config, devices=1)
+    with pytest.raises(ValueError, match=f'{section}.{next(iter(fields))}'):
+      module.fit(bad)
+  # LFP without fine-tuning (eps 0: reversal only) is valid for both.
+  assert not validation.problems(with_config(setup, lfp={'eps': 0.0}).config, devices=1)
+  lfp.fit(with_config(setup, lfp={'eps': 0.0}))

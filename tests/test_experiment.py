@@ -16,7 +16,7 @@ import pytest
 from mip_jax import defenses
 from mip_jax.attacks import suite
 from mip_jax.data import query_indices
-from mip_jax.defenses import random_control
+from mip_jax.defenses import artefact, random_control
 from mip_jax.protocol import experiment, metrics, run_config, stages
 from mip_jax.studies import aggregate, compare, engine
 
@@ -57,6 +57,19 @@ def test_tiny_run_writes_sane_results_and_reuses_stages(tiny_config, tmp_path, m
   again = compare.run(tiny_config, workdir)
   assert again['rows'][0]['recon_error'] == pytest.approx(row['recon_error'], abs=1e-6)
   assert again['rows'][0]['attack_acc'] == row['attack_acc']
+
+  # The workdir's own config leaves a serving artefact per defense; a cell under overrides does not
+  # (nothing would serve it: launch.serve serves the workdir's config).
+  assert artefact.exists(workdir, 'none', tiny_config)
+  runner = engine.Runner(tiny_config, workdir)
+  cell = engine.Cell('none', (('noise.scale', 0.5),))
+  runner.rows([cell])
+  assert not artefact.exists(workdir, 'none', runner.cell_setup(cell.overrides).config)
+  # A workdir measured before artefacts existed gets them on its next run, measuring nothing.
+  shutil.rmtree(os.path.join(workdir, artefact.DIRECTORY))
+  monkeypatch.setattr(experiment, 'evaluate_defense', None)
+  assert compare.run(tiny_config, workdir)['rows'] == again['rows']
+  assert artefact.exists(workdir, 'none', tiny_config)
 
 
 def test_unknown_defense_fails_before_training(tiny_config, tmp_path):

@@ -5,6 +5,7 @@ import functools
 import os
 import subprocess
 import sys
+import types
 
 import chex
 import jax
@@ -133,6 +134,24 @@ def test_bad_mode_and_batch_size_are_rejected():
   c.lpa.mode = 'sometimes'
   with pytest.raises(ValueError, match='per_example'):
     lpa.Crafter(model=model, variables=variables, target_grad=g_t, config=c)
+
+
+def test_crafting_errors_name_the_section_they_come_from():
+  """LFP crafts with config.lfp: its errors name lfp.*, not lpa.* (on a 3-device mesh)."""
+  c, model, variables, g_t, *_ = craft_lpa.problem('aggregate')
+  three = types.SimpleNamespace(devices=np.empty(3))
+  for name in ('lpa', 'lfp'):
+    cfg = c.lpa.copy_and_resolve_references()
+    cfg.batch_size = 4
+    with pytest.raises(ValueError, match=f'^{name}.batch_size=4 must be a multiple of the 3'):
+      lpa.check_crafting(cfg, three, name)
+    cfg.mode = 'sometimes'
+    with pytest.raises(ValueError, match=f'^{name}.mode must be one of'):
+      lpa.check_crafting(cfg, three, name)
+  c.lfp.mode = 'sometimes'
+  with pytest.raises(ValueError, match='^lfp.mode must be one of'):
+    lpa.Crafter(model=model, variables=variables, target_grad=g_t, config=c, section=c.lfp,
+                name='lfp')
 
 
 def test_lpa_launcher_on_a_facescrub_style_folder(tmp_path):

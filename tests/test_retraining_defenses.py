@@ -117,10 +117,10 @@ def test_the_attacker_inverts_the_retrained_models_own_vectors(setup, fitted, mo
 def test_purifier_compiles_once_for_any_number_of_vectors(setup, fitted):
   state, out = fitted['purification']
   clean = setup.clean['attack_train']
-  purification.purify(state['purifier'], state['variables'], clean[:10], batch_size=4)
+  purification.purify(state, clean[:10], batch_size=4)
   before = purification._purified._cache_size()
-  a = purification.purify(state['purifier'], state['variables'], clean[:7], batch_size=4)
-  b = purification.purify(state['purifier'], state['variables'], clean[:5], batch_size=4)
+  a = purification.purify(state, clean[:7], batch_size=4)
+  b = purification.purify(state, clean[:5], batch_size=4)
   assert purification._purified._cache_size() == before  # 4-row batches, the last one padded
   np.testing.assert_allclose(b, a[:5], atol=1e-6)  # rows are independent of their batch
   np.testing.assert_allclose(a, out['attack_train'][:7], atol=1e-6)

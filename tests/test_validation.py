@@ -87,6 +87,13 @@ BAD = [  # (field, value, words the sentence must hold)
     ('vae.kl_weight', None, 'not None'),
     ('vae.hidden', (16, 'a'), 'int entries'),
     ('eval.eps_grid', 'abc', 'must be a list'),
+    # Values `fit` refused after the classifiers had trained, refused here now.
+    ('noise.scale', 0.0, 'must be > 0'),
+    ('rounding.decimals', 0, 'must be >= 1'),
+    ('diffusion.beta_start', 0.5, 'must be <= diffusion.beta_end=0.3'),
+    ('tailfloor.floor', 0.05, 'must be < 0.01'),
+    ('pgd.steps', 1.5, 'must be an integer'),
+    ('poi_mse.distance', 'cosin', "did you mean 'cosine'"),
 ]
 
 
@@ -124,7 +131,7 @@ def test_unknown_and_missing_keys():
 
 def test_a_new_field_without_a_rule_is_checked_against_its_default_type():
   """A field someone adds to configs/common.py (here `lpa.novel`) is typed from its default."""
-  assert not any(fnmatch.fnmatch('lpa.novel', pattern) for pattern in validation.RULES)
+  assert not any(fnmatch.fnmatch('lpa.novel', pattern) for pattern in validation.rules())
   defaults = tiny()
   with defaults.unlocked():
     defaults.lpa.novel = 'prob'
@@ -142,6 +149,29 @@ def test_batch_sizes_must_split_over_the_devices():
     check(config, devices=3)
   assert 'config.classifier.batch_size=32 must be a multiple of the 3 devices' in str(err.value)
   assert str(err.value).count('\n') >= 5  # every batch_size field is named
+
+
+def test_rules_live_with_their_code_and_importing_validation_imports_none_of_it():
+  """validation reads each owner's RULES when it checks, not when it is imported; the registry
+  lists names without importing a defense."""
+  code = ('import sys, mip_jax.protocol.validation\n'
+          'from mip_jax import defenses\n'
+          'names = list(defenses.REGISTRY); assert "lpa" in defenses.REGISTRY\n'
+          'print(" ".join(sorted(m for m in sys.modules if m.split(".")[0] in '
+          '("mip_jax", "jax", "flax", "tensorflow_datasets"))))')
+  r = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode == 0, r.stderr
+  loaded = set(r.stdout.split())
+  assert loaded == {'mip_jax', 'mip_jax.protocol', 'mip_jax.protocol.rules',
+                    'mip_jax.protocol.validation', 'mip_jax.defenses',
+                    'mip_jax.defenses.protocol'}, loaded
+  # The rules themselves are the owners' own objects.
+  from mip_jax.defenses import noise, tailfloor
+  table = validation.rules()
+  assert table['noise.scale'] == noise.RULES['noise.scale']
+  assert tailfloor.below_the_threshold in validation.cross_checks()
+  assert not hasattr(defenses, 'check_names')  # dead code removed
 
 
 def test_names_come_from_the_registries(monkeypatch):
@@ -169,6 +199,21 @@ def test_random_overrides_pass_or_fail_with_config_errors_only(overrides):
     except ConfigError as e:
       assert str(e) and all(line.startswith(('config.', 'decoder with'))
                             for line in str(e).splitlines()), str(e)
+
+
+def test_a_none_field_never_crashes_a_cross_field_check():
+  """Rules skip None, so each owner's CHECKS must too: every leaf set to None, one at a time
+  (tailfloor's noise fill as well, whose check reads tailfloor.low), fails with ConfigError
+  sentences or passes, with and without the type check in front (topk.k, tailfloor.threshold and
+  diffusion.beta_* once raised TypeError here)."""
+  for base in ({}, {'tailfloor.fill': 'noise'}):
+    for leaf in LEAVES:
+      config = overridden({**base, leaf: None})
+      for defaults in (tiny(), None):
+        try:
+          validation.check(config, defaults=defaults)
+        except ConfigError as e:
+          assert all(line.startswith('config.') for line in str(e).splitlines()), (leaf, str(e))
 
 
 def run_launcher(args, tmp_path):

@@ -30,7 +30,30 @@ import numpy as np
 import optax
 
 from mip_jax.models.unet import UNet
+from mip_jax.protocol import rules
 from mip_jax.runtime import checkpoints, parallel, train
+
+RULES = {
+    'diffusion.timesteps': (rules.above(0, integer=True),),
+    'diffusion.beta_*': (rules.UNIT_OPEN,),
+    'diffusion.features': (rules.above(0, integer=True),),
+    'diffusion.drop_prob': (rules.within(0, 1, open_hi=True),),
+    'diffusion.guidance': (rules.NON_NEGATIVE,),
+    'diffusion.guidances': (rules.each(rules.NON_NEGATIVE),),
+    'diffusion.sample_batch_size': (rules.above(0, integer=True),),
+}
+
+
+def betas_ascend(config) -> list[str]:
+  """The linear schedule runs from beta_start up to beta_end (`Schedule.linear`)."""
+  cfg = config.diffusion
+  if cfg.beta_start is not None and cfg.beta_end is not None and cfg.beta_start > cfg.beta_end:
+    return [rules.problem('diffusion.beta_start', cfg.beta_start, f'must be <= '
+                          f'diffusion.beta_end={cfg.beta_end} (betas rise linearly)')]
+  return []
+
+
+CHECKS = (betas_ascend,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +185,7 @@ def train_diffusion(config, cond: np.ndarray, images: np.ndarray, *, workdir: st
                     seed: int, mesh=None, fingerprint_extra: Any = None):
   """Trains (or loads) the attacker's conditional DDPM on (transformed vectors, images): an Orbax stage
   that resumes epoch by epoch like every other (`train.fit`). Returns (model, params)."""
+  rules.enforce(RULES, config, checks=CHECKS)
   cfg = config.diffusion
   model = make_model(cfg, images.shape[-1])
   schedule = schedule_of(cfg)

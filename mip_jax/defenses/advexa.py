@@ -19,17 +19,22 @@ import optax
 from mip_jax.defenses import adversarial, feasible
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+RULES = adversarial.section_rules('advexa')
+
+
+def make_state(config, model, variables, mesh) -> adversarial.Ascender:
+  """The compiled ascent of config.advexa against the substitute (model, variables)."""
+  cfg = config.advexa
+  eps = float(cfg.eps)
+  return adversarial.Ascender(
+      model, variables, config=config, mesh=mesh, opt=optax.adam(cfg.tau * eps),
+      steps=int(cfg.steps), project=functools.partial(adversarial.project_ball, eps=eps),
+      final=functools.partial(feasible.project, eps=eps), batch_size=cfg.batch_size)
 
 
 def fit(setup) -> adversarial.Ascender:
   """Trains (or loads) the substitute and builds the compiled ascent."""
-  cfg = setup.config.advexa
-  adversarial.check_section('advexa', cfg)
-  eps = float(cfg.eps)
-  return adversarial.Ascender(
-      setup, opt=optax.adam(cfg.tau * eps), steps=int(cfg.steps),
-      project=functools.partial(adversarial.project_ball, eps=eps),
-      final=functools.partial(feasible.project, eps=eps), batch_size=cfg.batch_size)
+  return adversarial.fit(setup, 'advexa', make_state)
 
 
 def apply(state: adversarial.Ascender, probs, *, images=None):
@@ -37,3 +42,10 @@ def apply(state: adversarial.Ascender, probs, *, images=None):
   if images is None:
     raise ValueError('AdvExa needs the queried images: it maximises their reconstruction error')
   return state(np.asarray(probs, np.float32), images)
+
+
+export = adversarial.export
+
+
+def serve(served, config, mesh):
+  return adversarial.serve(served, config, mesh, make_state)

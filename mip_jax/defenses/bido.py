@@ -31,13 +31,19 @@ import numpy as np
 import optax
 
 from mip_jax.data import data_fingerprint
-from mip_jax.defenses import mid
+from mip_jax.defenses import artefact, mid, protocol
 from mip_jax.losses import hsic
 from mip_jax.models.feature_classifier import FeatureClassifier
-from mip_jax.protocol import stages
+from mip_jax.protocol import rules, stages
 from mip_jax.runtime import keys, train
 
 MEASURES = ('coco', 'hsic')
+RULES = {  # config.bido, shared by both variants
+    'bido.*_lambda_*': (rules.NON_NEGATIVE,),
+    'bido.sigma': (rules.POSITIVE,),  # the Gaussian kernel's width per feature dimension
+    'bido.kernel_y': (rules.one_of(hsic.KERNELS),),
+    'bido.eps': (rules.POSITIVE,),  # the normalised HSIC's regulariser
+}
 
 
 def dependence(measure: str, cfg):
@@ -127,19 +133,15 @@ class BiDO:
   def stage(self) -> str:
     return f'classifier_{self.name}'
 
+  RULES = RULES
+
   def weights(self, cfg) -> tuple[float, float]:
-    lx, ly = float(cfg[f'{self.measure}_lambda_x']), float(cfg[f'{self.measure}_lambda_y'])
-    if not (lx >= 0 and ly >= 0):
-      raise ValueError(f'bido.{self.measure}_lambda_x / _lambda_y must be >= 0, got {lx}, {ly}')
-    return lx, ly
+    return float(cfg[f'{self.measure}_lambda_x']), float(cfg[f'{self.measure}_lambda_y'])
 
   def train(self, setup):
     """Trains (or loads) this variant's classifier stage; (model, variables)."""
     config, cfg = setup.config, setup.config.bido
-    if cfg.kernel_y not in hsic.KERNELS:
-      raise ValueError(f'bido.kernel_y must be one of {hsic.KERNELS}, got {cfg.kernel_y!r}')
-    if not cfg.sigma > 0:
-      raise ValueError(f'bido.sigma must be > 0, got {cfg.sigma}')
+    rules.enforce(RULES, config)
     lx, ly = self.weights(cfg)
     data = setup.splits.private_train
     m = setup.splits.num_private_classes
@@ -161,11 +163,20 @@ class BiDO:
     return {'model': model, 'variables': variables,
             'num_classes': setup.splits.num_private_classes}
 
-  def apply(self, state: dict, probs: np.ndarray, *,
-            images: np.ndarray | None = None) -> np.ndarray:
-    """This BiDO classifier's softmax vectors for `images` (`probs` only checked for shape)."""
+  def apply(self, state: dict, probs: np.ndarray, *, images: np.ndarray | None = None,
+            chunk: int | None = None) -> np.ndarray:
+    """This BiDO classifier's softmax vectors for `images` (`probs` only checked for shape);
+    `chunk` as in `mid.apply`."""
     mid.check_queries(probs, images, state['num_classes'], self.name)
-    return stages.predict_probs(state['model'], state['variables'], np.asarray(images, np.float32))
+    return mid.predicted(state['model'], state['variables'], np.asarray(images, np.float32),
+                         chunk=chunk)
+
+  def export(self, state: dict) -> artefact.Artefact:
+    return mid.export_classifier(state)
+
+  def serve(self, served: artefact.Artefact, config, mesh) -> protocol.Backend:
+    del mesh
+    return mid.serve_classifier(served, config, FeatureClassifier, self.apply)
 
 
 COCO = BiDO('coco')

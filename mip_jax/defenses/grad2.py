@@ -23,16 +23,21 @@ is not fooled by it).
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from mip_jax.defenses import lpa
-from mip_jax.protocol import substitute
+from mip_jax.defenses import artefact, lpa, protocol
+from mip_jax.models.decoder import Decoder
+from mip_jax.protocol import rules, substitute
 from mip_jax.runtime import parallel
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 LABEL_PRESERVING = True  # the move is shortened until the argmax is kept
 MARGIN = 1e-5  # the top entry stays at least this far above every other
+RULES = {
+    'grad2.eps': (rules.within(0, 2, open_lo=True),),  # an L1 budget: at most 2 between vectors
+    'grad2.objective': (rules.one_of(lpa.OBJECTIVES),),  # the direction: LPA's g_t of it
+    'grad2.batch_size': (rules.at_least(1, integer=True),),
+}
 
 
 def scores(c, images, weights, *, params, target_grad, loss_fn):
@@ -81,23 +86,50 @@ def greedy_move(c: np.ndarray, s: np.ndarray, budget: float) -> np.ndarray:
 def fit(setup) -> dict:
   """The substitute (LPA's stage), the shared direction d and the jitted score function."""
   config = setup.config
-  cfg = config.grad2
-  if not 0 < cfg.eps <= 2:
-    raise ValueError(f'grad2.eps is an L1 budget in (0, 2]; got {cfg.eps}')
-  if cfg.batch_size < 1 or cfg.batch_size % setup.mesh.devices.size:
-    raise ValueError(f'grad2.batch_size={cfg.batch_size} must be a positive multiple of the '
-                     f'{setup.mesh.devices.size} devices')
+  rules.enforce(RULES, config)
+  check_batch(config.grad2.batch_size, setup.mesh)
   model, variables = substitute.train_substitute(setup)
   loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'],
                                        substitute.attack_config(config), config.lpa.loss)
   section = config.lpa.copy_and_resolve_references()
-  section.objective = cfg.objective
+  section.objective = config.grad2.objective
   direction = lpa.defensive_gradient(loss_fn, variables['params'], setup, section)
+  return make_state(config, model, variables, direction, setup.mesh)
+
+
+def make_state(config, model, variables, direction, mesh) -> dict:
+  """The jitted scores of the substitute (model, variables) along `direction`, and config.grad2."""
+  loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'],
+                                       substitute.attack_config(config), config.lpa.loss)
   fn = jax.jit(functools.partial(scores, loss_fn=loss_fn),
-               out_shardings=parallel.replicated(setup.mesh))
-  return {'fn': fn, 'params': parallel.replicate(variables['params'], setup.mesh),
-          'direction': parallel.replicate(direction, setup.mesh), 'eps': float(cfg.eps),
-          'batch_size': int(cfg.batch_size), 'mesh': setup.mesh}
+               out_shardings=parallel.replicated(mesh))
+  return {'fn': fn, 'params': parallel.replicate(variables['params'], mesh),
+          'direction': parallel.replicate(direction, mesh), 'eps': float(config.grad2.eps),
+          'batch_size': int(config.grad2.batch_size), 'mesh': mesh,
+          'model': model, 'variables': variables, 'host_direction': direction}
+
+
+def export(state: dict) -> artefact.Artefact:
+  """The substitute's architecture and variables and the shared direction d."""
+  arrays = {**artefact.pack(state['variables'], 'substitute'),
+            **artefact.pack(state['host_direction'], 'direction')}
+  return artefact.Artefact(settings={'substitute': artefact.module_fields(state['model'])},
+                           arrays=arrays)
+
+
+def serve(served: artefact.Artefact, config, mesh) -> protocol.Backend:
+  """Each request redirected as in `apply` (its scores need the queried images)."""
+  model = artefact.rebuild(Decoder, served.settings['substitute'])
+  state = make_state(config, model, artefact.unpack(served.arrays, 'substitute'),
+                     artefact.unpack(served.arrays, 'direction'), mesh)
+  return protocol.Backend(lambda probs, images: (apply(state, probs, images=images), None),
+                          needs_images=True)
+
+
+def check_batch(batch_size: int, mesh) -> None:
+  if batch_size % mesh.devices.size:
+    raise ValueError(f'grad2.batch_size={batch_size} must be a multiple of the '
+                     f'{mesh.devices.size} devices')
 
 
 def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:

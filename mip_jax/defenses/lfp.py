@@ -20,11 +20,17 @@ by about r (less with `swap`), as in the paper's Table I.
 
 import numpy as np
 
-from mip_jax.defenses import cache, lpa, space
-from mip_jax.protocol import substitute
+from mip_jax.defenses import artefact, cache, lpa, protocol, space
+from mip_jax.protocol import rules, substitute
 from mip_jax.runtime import checkpoints, console
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+RULES = {
+    **lpa.crafting_rules('lfp'),
+    'lfp.budget': (rules.within(0, 1, open_lo=True),),
+    'lfp.threshold': (rules.within(0, 1, open_lo=True),),
+    'lfp.eps': (rules.NON_NEGATIVE,),  # 0: reversal only, no fine-tuning
+}
 
 
 # ---------------------------------------------------------------- Algorithm 2: picking
@@ -95,33 +101,54 @@ def swap_reverse(probs: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- the defense protocol
 
-def check_config(cfg) -> None:
-  """Raises ValueError for settings LFP cannot run with."""
-  if not 0.0 <= cfg.budget <= 1.0:
-    raise ValueError(f'lfp.budget is the fraction of vectors to poison, in [0, 1]; '
-                     f'got {cfg.budget}')
-  if not 0.0 <= cfg.threshold <= 1.0:
-    raise ValueError(f'lfp.threshold is a confidence in [0, 1]; got {cfg.threshold}')
-  if cfg.eps < 0 or cfg.steps < 0:
-    raise ValueError(f'lfp.eps and lfp.steps must be >= 0; got {cfg.eps} and {cfg.steps}')
+def fine_tunes(cfg) -> bool:
+  """Whether LFP crafts around the reversed vectors (else it only reverses them)."""
+  return cfg.steps > 0 and cfg.eps > 0 and cfg.budget > 0
 
 
 def fit(setup) -> dict:
   """Substitute decoder, target gradient and crafter (skipped when no fine-tuning is asked for)."""
   config = setup.config
   cfg = config.lfp
-  check_config(cfg)
-  state = {'cfg': cfg, 'seed': space.crafting_seed(config), 'workdir': setup.workdir,
-           'crafter': None}
-  if cfg.steps > 0 and cfg.eps > 0 and cfg.budget > 0:
+  rules.enforce(RULES, config)
+  members = []
+  if fine_tunes(cfg):
+    lpa.check_crafting(cfg, setup.mesh, 'lfp')
     model, variables = substitute.train_substitute(setup)
     loss_fn = substitute.decoder_loss_fn(model, variables['batch_stats'],
                                          substitute.attack_config(config), cfg.loss, cfg.batchnorm)
-    g_t = lpa.defensive_gradient(loss_fn, variables['params'], setup, cfg)
-    state['crafter'] = lpa.Crafter(model=model, variables=variables, target_grad=g_t,
-                                   config=config, mesh=setup.mesh, section=cfg)
-    state['tag'] = lpa.cache_tag(config, cfg, variables, g_t)
+    members = [(model, variables, lpa.defensive_gradient(loss_fn, variables['params'], setup,
+                                                         cfg))]
+  return make_state(config, members, setup.mesh, workdir=setup.workdir)
+
+
+def make_state(config, members: list, mesh, *, workdir: str | None) -> dict:
+  """LFP's state: its settings, the crafter of its substitute `members` (none: reversal only) and
+  where crafted vectors are cached (None: crafted on every call, as when serving)."""
+  cfg = config.lfp
+  state = {'cfg': cfg, 'seed': space.crafting_seed(config), 'workdir': workdir, 'crafter': None,
+           'members': members}
+  if members:
+    state['crafter'] = lpa.Crafter(members=members, config=config, mesh=mesh, section=cfg,
+                                   name='lfp')
+    state['tag'] = lpa.cache_tag(config, cfg, [m[1] for m in members], [m[2] for m in members])
   return state
+
+
+def export(state: dict) -> artefact.Artefact:
+  """The substitute and its target gradient when LFP fine-tunes; nothing else (settings are the
+  config's)."""
+  fields, arrays = lpa.export_members(state['members'])
+  return artefact.Artefact(settings={'members': fields}, arrays=arrays)
+
+
+def serve(served: artefact.Artefact, config, mesh) -> protocol.Backend:
+  """LFP on each request as it comes: a budget of its rows reversed (and fine-tuned). Which rows
+  are picked depends on the whole request (Algorithm 2 picks a fraction of a batch), by design."""
+  members = lpa.restore_members(served.settings['members'], served.arrays)
+  state = make_state(config, members, mesh, workdir=None)
+  return protocol.Backend(lambda probs, images: (apply(state, probs, images=images), None),
+                          needs_images=bool(members))
 
 
 def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:
@@ -145,5 +172,7 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
     return {'defended': defended, 'reversed': centre, 'clean': probs, 'picked': mask,
             'alignment_loss': losses}
 
+  if state['workdir'] is None:
+    return craft()['defended']
   key = checkpoints.fingerprint([state['tag'], checkpoints.exact_fingerprint(probs, images)])
   return cache.cached(state['workdir'], 'lfp', key, craft)

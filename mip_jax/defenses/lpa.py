@@ -26,9 +26,10 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from mip_jax.defenses import cache, space
-from mip_jax.losses import alignment
-from mip_jax.protocol import substitute
+from mip_jax.defenses import artefact, cache, protocol, space
+from mip_jax.losses import alignment, reconstruction
+from mip_jax.models.decoder import Decoder
+from mip_jax.protocol import rules, substitute
 from mip_jax.protocol.substitute import decoder_loss_fn, train_substitute
 from mip_jax.runtime import checkpoints, console, killpoints, parallel
 
@@ -36,6 +37,30 @@ REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)
 
 MODES = ('aggregate', 'per_example')  # lpa.mode / lfp.mode: one batch cosine, or one per example
+OBJECTIVES = ('untargeted', 'decoy_mean', 'decoy_class')
+
+
+def crafting_rules(section: str) -> rules.Table:
+  """The limits of a crafting section's fields: config.lpa's, and config.lfp's (the same fields)."""
+  return {
+      f'{section}.eps': (rules.POSITIVE,),
+      f'{section}.steps': (rules.at_least(0, integer=True),),
+      f'{section}.tau': (rules.POSITIVE,),
+      f'{section}.milestones': (rules.each(rules.UNIT_OPEN, nonempty=False, ascending=True),),
+      f'{section}.restarts': (rules.at_least(1, integer=True),),
+      f'{section}.mode': (rules.one_of(MODES),),
+      f'{section}.batch_size': (rules.at_least(1, integer=True),),
+      f'{section}.distance': (rules.one_of(lambda: alignment.DISTANCES),),
+      f'{section}.loss': (rules.one_of(lambda: reconstruction.LOSSES),),
+      f'{section}.space': (rules.one_of(space.SPACES),),
+      f'{section}.log_bound': (rules.POSITIVE,),
+      f'{section}.batchnorm': (rules.one_of(substitute.BATCHNORMS),),
+      f'{section}.objective': (rules.one_of(OBJECTIVES),),
+  }
+
+
+RULES = {**crafting_rules('lpa'), 'lpa.ensemble_size': (rules.at_least(1, integer=True),),
+         'lpa.ensemble_vary': (rules.one_of(('seed', 'arch')),)}
 
 
 # ---------------------------------------------------------------- functional pieces
@@ -216,18 +241,14 @@ class Crafter:
     config: the run config (uses config.lpa, config.attack and config.substitute's transform).
     mesh: 'data' mesh; the crafting batch is split over it.
     section: the crafting settings when not config.lpa (LFP's config.lfp); same fields.
+    name: the section's config name, which its errors name ('lfp' for LFP's).
   """
 
   def __init__(self, *, model=None, variables=None, target_grad=None, config, mesh=None,
-               section=None, members=None):
+               section=None, name: str = 'lpa', members=None):
     self.cfg = config.lpa if section is None else section
     self.mesh = mesh or parallel.data_mesh()
-    if self.cfg.mode not in MODES:
-      raise ValueError(f'lpa.mode must be one of {MODES}, got {self.cfg.mode!r}')
-    if self.cfg.batch_size % self.mesh.devices.size:
-      raise ValueError(f'lpa.batch_size={self.cfg.batch_size} must be a multiple of the '
-                       f'{self.mesh.devices.size} devices')
-    space.check(self.cfg.space)
+    check_crafting(self.cfg, self.mesh, name)
     members = members or [(model, variables, target_grad)]
     attack_cfg = substitute.attack_config(config)
     loss_fn = tuple(decoder_loss_fn(m, v['batch_stats'], attack_cfg, self.cfg.loss,
@@ -243,21 +264,25 @@ class Crafter:
                             out_shardings=parallel.replicated(self.mesh))
 
   def __call__(self, probs: np.ndarray, images: np.ndarray, *, seed: int,
-               radius: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               radius: np.ndarray | None = None, chunk: int | None = None, pad_to=None,
+               progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Defended vectors and per-row alignment losses for `probs` (clean) of `images`.
 
     `radius` (optional, [N]): per-row L2 radius instead of cfg.eps; rows of radius 0 stay as given.
+    `chunk` rows per crafting batch (default cfg.batch_size), each padded to `pad_to(n)` rows
+    (default: chunk, one compiled shape; serving passes `parallel.bucket_size`).
     """
-    b = self.cfg.batch_size
+    b = chunk or self.cfg.batch_size
     out, losses = [], []
     arrays = (probs, np.asarray(images, probs.dtype))
     if radius is not None:
       arrays += (np.asarray(radius, probs.dtype),)
-    batches = parallel.padded_batches(arrays, b, mesh=self.mesh)
+    batches = parallel.padded_batches(arrays, b, mesh=self.mesh, pad_to=pad_to)
     # A bar per call (a terminal only): crafting R rounds per batch can take minutes on a CPU.
+    show = progress and parallel.is_main_process()
     for start, n, batch in tqdm(batches, desc=f'crafting ({self.cfg.steps} rounds per batch)',
                                 total=-(-len(probs) // b), leave=False,
-                                disable=None if parallel.is_main_process() else True):
+                                disable=None if show else True):
       killpoints.reached(f'craft:batch:{start // b}')
       c, x, *rad, w = batch
       key = jax.random.key(seed)  # rows draw their own start from it (space.row_keys)
@@ -266,6 +291,17 @@ class Crafter:
       out.append(np.asarray(defended)[:n])
       losses.append(np.asarray(loss)[:n])
     return np.concatenate(out), np.concatenate(losses)
+
+
+def check_crafting(cfg, mesh, name: str = 'lpa') -> None:
+  """A crafting section (config.lpa, config.lfp: `name`) the Crafter can run on `mesh`;
+  ValueError naming the field otherwise."""
+  if cfg.mode not in MODES:
+    raise ValueError(f'{name}.mode must be one of {MODES}, got {cfg.mode!r}')
+  if cfg.batch_size % mesh.devices.size:
+    raise ValueError(f'{name}.batch_size={cfg.batch_size} must be a multiple of the '
+                     f'{mesh.devices.size} devices')
+  space.check(cfg.space)
 
 
 # ---------------------------------------------------------------- the defense protocol
@@ -292,9 +328,6 @@ def ensemble_members(setup, cfg=None) -> list[tuple]:
                               cfg.loss, cfg.batchnorm)
     members.append((model, variables, defensive_gradient(loss_fn, variables['params'], setup, cfg)))
   return members
-
-
-OBJECTIVES = ('untargeted', 'decoy_mean', 'decoy_class')
 
 
 def defensive_gradient(loss_fn, params, setup, cfg) -> Any:
@@ -326,11 +359,57 @@ def defensive_gradient(loss_fn, params, setup, cfg) -> Any:
 
 def fit(setup) -> dict:
   """Trains (or loads) the substitute(s) and the target gradient over private training data."""
+  rules.enforce(RULES, setup.config)
+  check_crafting(setup.config.lpa, setup.mesh)
   members = ensemble_members(setup)
   crafter = Crafter(members=members, config=setup.config, mesh=setup.mesh)
   variables, g_t = [m[1] for m in members], [m[2] for m in members]
-  return {'crafter': crafter, 'workdir': setup.workdir, 'seed': space.crafting_seed(setup.config),
+  return {'crafter': crafter, 'members': members, 'workdir': setup.workdir,
+          'seed': space.crafting_seed(setup.config),
           'tag': cache_tag(setup.config, setup.config.lpa, variables, g_t)}
+
+
+def export_members(members) -> tuple[list[dict], dict]:
+  """(architectures, arrays) of substitutes [(model, variables, g_t)]: what crafting needs."""
+  fields, arrays = [], {}
+  for k, (model, variables, g_t) in enumerate(members):
+    fields.append(artefact.module_fields(model))
+    arrays.update(artefact.pack(variables, f'member{k}/variables'))
+    arrays.update(artefact.pack(g_t, f'member{k}/target_grad'))
+  return fields, arrays
+
+
+def restore_members(fields: list[dict], arrays: dict) -> list[tuple]:
+  """The substitutes `export_members` saved: [(Decoder, variables, g_t)]."""
+  return [(artefact.rebuild(Decoder, f), artefact.unpack(arrays, f'member{k}/variables'),
+           artefact.unpack(arrays, f'member{k}/target_grad')) for k, f in enumerate(fields)]
+
+
+def export(state: dict) -> artefact.Artefact:
+  """The substitutes' architectures and variables, their target gradients and the crafting seed."""
+  fields, arrays = export_members(state['members'])
+  return artefact.Artefact(settings={'members': fields, 'seed': state['seed']}, arrays=arrays)
+
+
+def serve(served: artefact.Artefact, config, mesh) -> protocol.Backend:
+  """LPA crafted online for every request, in per-example mode whatever config.lpa.mode says:
+  a served vector then does not depend on the other rows of its request (each row's start comes
+  from its own values, `space.init`). Requests are crafted in chunks of config.serve.max_batch
+  rows, each padded to a bucket size (a multiple of the devices), so any request size compiles
+  few shapes of the crafting loop. A row whose alignment loss is not finite is reported failed."""
+  section = config.lpa.copy_and_resolve_references()
+  section.mode = 'per_example'
+  crafter = Crafter(members=restore_members(served.settings['members'], served.arrays),
+                    config=config, mesh=mesh, section=section)
+  pad_to = functools.partial(parallel.bucket_size, multiple=crafter.mesh.devices.size)
+  seed, chunk = int(served.settings['seed']), int(config.serve.max_batch)
+
+  def online(probs, images):
+    defended, losses = crafter(probs, images, seed=seed, chunk=chunk, pad_to=pad_to,
+                               progress=False)
+    return defended, np.isfinite(losses)
+
+  return protocol.Backend(online, needs_images=True, moves_rows=True)
 
 
 def cache_tag(config, section, variables, g_t) -> str:

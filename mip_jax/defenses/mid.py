@@ -23,14 +23,16 @@ import numpy as np
 import optax
 
 from mip_jax.data import data_fingerprint
+from mip_jax.defenses import artefact, protocol
 from mip_jax.losses import vib
 from mip_jax.models.vib_classifier import VIBClassifier
-from mip_jax.protocol import stages
-from mip_jax.runtime import checkpoints, keys, train
+from mip_jax.protocol import rules, stages
+from mip_jax.runtime import checkpoints, keys, parallel, train
 
 STAGE = 'classifier_mid'
 # The defense replaces the classifier: the private data's vectors an attacker inverts are apply()'s.
 REPLACES_CLASSIFIER = True
+RULES = {'mid.beta': (rules.NON_NEGATIVE,)}  # the KL term's weight
 
 
 def mid_step(state: train.TrainState, batch: tuple, rng: jax.Array, *, model, beta: float):
@@ -79,9 +81,8 @@ def stage_name(beta: float) -> str:
 def train_mid(setup):
   """Trains (or loads) stage `stage_name(beta)` on the private training data; (model, variables)."""
   config = setup.config
+  rules.enforce(RULES, config)
   beta = float(config.mid.beta)
-  if not beta >= 0:
-    raise ValueError(f'mid.beta weighs the KL term and must be >= 0, got {config.mid.beta}')
   data = setup.splits.private_train
   m = setup.splits.num_private_classes
   return stages.train_classifier(
@@ -131,10 +132,52 @@ def sampled_probs(model, variables, images: np.ndarray, *, seed: int,
                          for i in range(0, len(images), batch_size)])
 
 
-def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:
-  """The MID classifier's softmax vectors for `images` (`probs`, undefended: shape check only)."""
+def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None,
+          chunk: int | None = None) -> np.ndarray:
+  """The MID classifier's softmax vectors for `images` (`probs`, undefended: shape check only).
+
+  `chunk`: serve in chunks of at most this many images, each padded to a bucket size
+  (`parallel.bucket_size`: few compiled shapes for any request size); None: one batch shape.
+  """
   check_queries(probs, images, state['num_classes'], 'mid')
   images = np.asarray(images, np.float32)
   if state['sample']:
     return sampled_probs(state['model'], state['variables'], images, seed=state['seed'])
-  return stages.predict_probs(state['model'], state['variables'], images)
+  return predicted(state['model'], state['variables'], images, chunk=chunk)
+
+
+def predicted(model, variables, images: np.ndarray, *, chunk: int | None = None) -> np.ndarray:
+  """A retrained classifier's softmax vectors, in chunks padded to bucket sizes when `chunk`."""
+  if chunk is None:
+    return stages.predict_probs(model, variables, images)
+  return stages.predict_probs(model, variables, images, batch_size=chunk,
+                              pad_to=parallel.bucket_size)
+
+
+# ---------------------------------------------------------------- serving a retrained classifier
+
+def export_classifier(state: dict) -> artefact.Artefact:
+  """A retrained classifier's architecture, variables and serving settings (MID, BiDO)."""
+  settings = {'model': artefact.module_fields(state['model']),
+              **{k: state[k] for k in ('num_classes', 'sample', 'seed') if k in state}}
+  return artefact.Artefact(settings=settings, arrays=artefact.pack(state['variables'], 'model'))
+
+
+def serve_classifier(served: artefact.Artefact, config, model_class, apply_fn) -> protocol.Backend:
+  """The retrained classifier's own vectors for each request's images (the undefended vectors
+  only checked for shape), in chunks of config.serve.max_batch padded to bucket sizes."""
+  settings = dict(served.settings)
+  state = {**settings, 'model': artefact.rebuild(model_class, settings['model']),
+           'variables': artefact.unpack(served.arrays, 'model')}
+  chunk = int(config.serve.max_batch)
+  return protocol.Backend(
+      lambda probs, images: (apply_fn(state, probs, images=images, chunk=chunk), None),
+      needs_images=True)
+
+
+export = export_classifier
+
+
+def serve(served: artefact.Artefact, config, mesh) -> protocol.Backend:
+  del mesh
+  return serve_classifier(served, config, VIBClassifier, apply)

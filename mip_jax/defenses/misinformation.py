@@ -21,16 +21,17 @@ algorithm and its threshold can do; the `drop` attacker trains on the others.
 
 import numpy as np
 
+from mip_jax.protocol import rules
+
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+# The gate's threshold is a maximum softmax probability; its steepness the sigmoid's slope.
+RULES = {'am.threshold': (rules.within(0, 1, open_lo=True),), 'am.steepness': (rules.POSITIVE,)}
 
 
 def fit(setup) -> dict:
   """Checks config.am; nothing is trained."""
+  rules.enforce(RULES, setup.config)
   cfg = setup.config.am
-  if not 0 < cfg.threshold <= 1:
-    raise ValueError(f'am.threshold is a maximum softmax probability in (0, 1]; got {cfg.threshold}')
-  if not cfg.steepness > 0:
-    raise ValueError(f'am.steepness must be > 0; got {cfg.steepness}')
   return {'threshold': float(cfg.threshold), 'steepness': float(cfg.steepness)}
 
 

@@ -10,18 +10,18 @@ and a different batch of vectors gets different noise.
 
 import numpy as np
 
+from mip_jax.protocol import rules
 from mip_jax.runtime import checkpoints, keys
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+RULES = {'noise.scale': (rules.POSITIVE,)}  # the noise's standard deviation
 
 
 def fit(setup) -> dict:
   """Checks config.noise; nothing is trained."""
-  scale = setup.config.noise.scale
-  if not scale > 0:
-    raise ValueError(f'noise.scale is the standard deviation of the noise and must be > 0; '
-                     f'got {scale}')
-  return {'scale': float(scale), 'seed': keys.stage_seed(setup.config.seed, 'noise')}
+  rules.enforce(RULES, setup.config)
+  return {'scale': float(setup.config.noise.scale),
+          'seed': keys.stage_seed(setup.config.seed, 'noise')}
 
 
 def gaussian_noise(probs: np.ndarray, *, scale: float, rng: np.random.Generator) -> np.ndarray:

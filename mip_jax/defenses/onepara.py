@@ -19,17 +19,18 @@ Deterministic given config.seed and the vectors.
 import numpy as np
 
 from mip_jax.defenses import noise
+from mip_jax.protocol import rules
 from mip_jax.runtime import keys
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+# The privacy budget and the scores' sensitivity: the Laplace scale is sensitivity / epsilon.
+RULES = {'onepara.epsilon': (rules.POSITIVE,), 'onepara.sensitivity': (rules.POSITIVE,)}
 
 
 def fit(setup) -> dict:
   """Checks config.onepara; nothing is trained."""
+  rules.enforce(RULES, setup.config)
   cfg = setup.config.onepara
-  if not cfg.epsilon > 0 or not cfg.sensitivity > 0:
-    raise ValueError(f'onepara.epsilon (privacy budget) and onepara.sensitivity must be > 0; '
-                     f'got {cfg.epsilon} and {cfg.sensitivity}')
   return {'scale': float(cfg.sensitivity / cfg.epsilon),
           'seed': keys.stage_seed(setup.config.seed, 'onepara')}
 

@@ -15,19 +15,25 @@ import optax
 from mip_jax.defenses import adversarial, feasible
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+RULES = adversarial.section_rules('pgd')
 
 
-def fit(setup) -> adversarial.Ascender:
-  """Trains (or loads) the substitute and builds the compiled ascent."""
-  cfg = setup.config.pgd
-  adversarial.check_section('pgd', cfg)
+def make_state(config, model, variables, mesh) -> adversarial.Ascender:
+  """The compiled ascent of config.pgd against the substitute (model, variables)."""
+  cfg = config.pgd
   eps = float(cfg.eps)
   project = functools.partial(feasible.project if cfg.keep_label else adversarial.project_ball,
                               eps=eps)
   signed = optax.chain(optax.scale_by_sign(), optax.scale(-cfg.tau * eps))
   identity = lambda c, p: p
-  return adversarial.Ascender(setup, opt=signed, steps=int(cfg.steps), project=project,
-                              final=identity, batch_size=cfg.batch_size)
+  return adversarial.Ascender(model, variables, config=config, mesh=mesh, opt=signed,
+                              steps=int(cfg.steps), project=project, final=identity,
+                              batch_size=cfg.batch_size)
+
+
+def fit(setup) -> adversarial.Ascender:
+  """Trains (or loads) the substitute and builds the compiled ascent."""
+  return adversarial.fit(setup, 'pgd', make_state)
 
 
 def apply(state: adversarial.Ascender, probs, *, images=None):
@@ -35,3 +41,10 @@ def apply(state: adversarial.Ascender, probs, *, images=None):
   if images is None:
     raise ValueError('PGD needs the queried images: it maximises their reconstruction error')
   return state(np.asarray(probs, np.float32), images)
+
+
+export = adversarial.export
+
+
+def serve(served, config, mesh):
+  return adversarial.serve(served, config, mesh, make_state)

@@ -30,22 +30,29 @@ import optax
 
 from mip_jax.attacks import transforms
 from mip_jax.data import data_fingerprint
+from mip_jax.defenses import artefact, protocol
 from mip_jax.losses import reconstruction
 from mip_jax.models import make_decoder
 from mip_jax.models.purifier import Purifier, purifier_widths
-from mip_jax.protocol import stages
-from mip_jax.runtime import checkpoints, keys, train
+from mip_jax.protocol import rules, stages
+from mip_jax.runtime import checkpoints, keys, parallel, train
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 
 REFERENCES = ('private_test', 'attack_train')
+RULES = {
+    'purification.reference': (rules.one_of(REFERENCES),),
+    'purification.width_factors': (rules.each(rules.POSITIVE),),
+    'purification.*_weight': (rules.NON_NEGATIVE,),
+    'purification.epochs': (rules.at_least(1, integer=True),),
+    'purification.batch_size': (rules.at_least(1, integer=True),),
+    'purification.learning_rate': (rules.POSITIVE,),
+}
 
 
 def reference_data(setup) -> tuple[np.ndarray, np.ndarray]:
   """(clean vectors, images) of the reference split named by config.purification.reference."""
   name = setup.config.purification.reference
-  if name not in REFERENCES:
-    raise ValueError(f'purification.reference must be one of {REFERENCES}, got {name!r}')
   return setup.clean[name], getattr(setup.splits, name).images
 
 
@@ -103,19 +110,10 @@ def purifier_step(state: train.TrainState, batch: tuple, rng: jax.Array, *, puri
       'loss': loss, 'reconstruction': rec, 'label': ce, 'inversion': inv, 'label_kept': kept}
 
 
-def check_config(cfg) -> None:
-  for field in ('label_weight', 'adversarial_weight'):
-    if not cfg[field] >= 0:
-      raise ValueError(f'purification.{field} must be >= 0, got {cfg[field]}')
-  if not (cfg.epochs >= 1 and cfg.batch_size >= 1 and cfg.learning_rate > 0):
-    raise ValueError('purification.epochs, batch_size and learning_rate must be positive; got '
-                     f'{cfg.epochs}, {cfg.batch_size}, {cfg.learning_rate}')
-
-
 def train_purifier(setup):
   """Trains (or loads) the purifier stage on the reference data; (Purifier, its variables)."""
   config, cfg = setup.config, setup.config.purification
-  check_config(cfg)
+  rules.enforce(RULES, config)
   probs, images = reference_data(setup)
   m = probs.shape[1]
   adversarial = bool(cfg.adversarial)
@@ -161,24 +159,47 @@ def _purified(variables, probs, *, model):
   return jax.nn.softmax(model.apply(variables, probs, train=False), axis=-1)
 
 
-def purify(purifier, variables, probs: np.ndarray, *, batch_size: int = 1024) -> np.ndarray:
+def make_state(purifier, variables) -> dict:
+  """The purifier with its variables (G(c) is `_purified`, compiled once per module and shape)."""
+  return {'purifier': purifier, 'variables': variables}
+
+
+def purify(state: dict, probs: np.ndarray, *, batch_size: int = 1024, pad_to=None) -> np.ndarray:
   """G(c) for clean vectors [N, m] (eval mode: rows are independent), in padded batches of one
-  shape, so the jitted G compiles once per purifier and batch size; float32 probability vectors."""
-  return stages.batched(_purified, purifier, variables, probs,
-                        batch_size=max(1, min(batch_size, len(probs))))
+  shape (or of `pad_to(n)` rows: serving's bucket sizes); float32 probability vectors."""
+  probs = np.asarray(probs, np.float32)
+  m = state['purifier'].num_classes
+  if probs.ndim != 2 or probs.shape[1] != m:
+    raise ValueError(f'purification expects confidence vectors [N, {m}], got shape {probs.shape}')
+  if not len(probs):
+    return np.zeros_like(probs)
+  return stages.batched(_purified, state['purifier'], state['variables'], probs,
+                        batch_size=max(1, min(batch_size, len(probs))), pad_to=pad_to)
 
 
 def fit(setup) -> dict:
   """Trains (or loads) the purifier."""
-  purifier, variables = train_purifier(setup)
-  return {'purifier': purifier, 'variables': variables}
+  return make_state(*train_purifier(setup))
 
 
 def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:
   """Purified vectors G(c) for clean vectors `probs` (images are not needed)."""
   del images
-  probs = np.asarray(probs, np.float32)
-  m = state['purifier'].num_classes
-  if probs.ndim != 2 or probs.shape[1] != m:
-    raise ValueError(f'purification expects confidence vectors [N, {m}], got shape {probs.shape}')
-  return purify(state['purifier'], state['variables'], probs)
+  return purify(state, probs)
+
+
+def export(state: dict) -> artefact.Artefact:
+  """The purifier's architecture and variables."""
+  return artefact.Artefact(settings={'purifier': artefact.module_fields(state['purifier'])},
+                           arrays=artefact.pack(state['variables'], 'purifier'))
+
+
+def serve(served: artefact.Artefact, config, mesh) -> protocol.Backend:
+  """G(c) of each request's clean vectors, in chunks of config.serve.max_batch padded to bucket
+  sizes (few compiled shapes for any request size)."""
+  del mesh
+  state = make_state(artefact.rebuild(Purifier, served.settings['purifier']),
+                     artefact.unpack(served.arrays, 'purifier'))
+  chunk = int(config.serve.max_batch)
+  return protocol.Backend(lambda probs, images: (
+      purify(state, probs, batch_size=chunk, pad_to=parallel.bucket_size), None))

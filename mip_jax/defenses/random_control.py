@@ -11,22 +11,30 @@ import functools
 import jax
 import numpy as np
 
+from mip_jax.defenses import lpa
 from mip_jax.defenses import space as _space
+from mip_jax.protocol import rules
 from mip_jax.runtime import parallel
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 LABEL_PRESERVING = True  # its feasible map keeps every argmax (defenses.protocol)
+# The config.lpa fields it reads, under LPA's own rules.
+RULES = {path: lpa.RULES[path] for path in ('lpa.eps', 'lpa.space', 'lpa.log_bound',
+                                            'lpa.batch_size')}
 
 
 def fit(setup) -> dict:
-  """Nothing is trained; checks config.lpa's crafting space."""
+  """Nothing is trained: LPA's radius, space and batch shape, and its crafting seed (plain
+  settings: served through `apply` as they are)."""
+  rules.enforce(RULES, setup.config)
   cfg = setup.config.lpa
-  _space.check(cfg.space)
-  if not cfg.eps > 0:
-    raise ValueError(f'lpa.eps is the L2 radius of the perturbation and must be > 0; got {cfg.eps}')
-  where = dict(space=cfg.space, log_bound=cfg.log_bound)
-  fn = jax.jit(functools.partial(random_vectors, eps=cfg.eps, **where))
-  return {'fn': fn, 'batch_size': cfg.batch_size, 'seed': _space.crafting_seed(setup.config)}
+  return {'eps': float(cfg.eps), 'space': cfg.space, 'log_bound': float(cfg.log_bound),
+          'batch_size': int(cfg.batch_size), 'seed': _space.crafting_seed(setup.config)}
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(eps: float, space: str, log_bound: float):
+  return jax.jit(functools.partial(random_vectors, eps=eps, space=space, log_bound=log_bound))
 
 
 def random_vectors(c, key, *, eps, space: str, log_bound: float):
@@ -41,6 +49,7 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
   del images
   probs = np.asarray(probs, np.float32)
   key = jax.random.key(state['seed'])
-  out = [np.asarray(state['fn'](c, key))[:n]  # LPA's batch shape: one compilation
+  fn = _compiled(state['eps'], state['space'], state['log_bound'])
+  out = [np.asarray(fn(c, key))[:n]  # LPA's batch shape: one compilation
          for _, n, (c, _) in parallel.padded_batches((probs,), state['batch_size'])]
-  return np.concatenate(out)
+  return np.concatenate(out) if out else np.zeros_like(probs)

@@ -9,16 +9,16 @@ index, so a near-tied vector can change label, as with ART.
 
 import numpy as np
 
+from mip_jax.protocol import rules
+
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+RULES = {'rounding.decimals': (rules.at_least(1, integer=True),)}  # ART Rounded: >= 1 decimal
 
 
 def fit(setup) -> dict:
   """Checks config.rounding; nothing is trained."""
-  decimals = setup.config.rounding.decimals
-  if not isinstance(decimals, (int, np.integer)) or isinstance(decimals, bool) or decimals < 1:
-    raise ValueError(f'rounding.decimals must be a positive integer (ART Rounded); '
-                     f'got {decimals!r}')
-  return {'decimals': int(decimals)}
+  rules.enforce(RULES, setup.config)
+  return {'decimals': int(setup.config.rounding.decimals)}
 
 
 def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:

@@ -32,31 +32,53 @@ Served in one numpy pass: thousands of vectors per millisecond, online.
 
 import numpy as np
 
+from mip_jax.protocol import rules
 from mip_jax.runtime import keys
 
 FILLS = ('floor', 'noise')
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
 LABEL_PRESERVING = True  # the entries above the floor keep their ratios, so the argmax is kept
+RULES = {
+    'tailfloor.threshold': (rules.UNIT_OPEN,),
+    'tailfloor.floor': (rules.optional(rules.UNIT_OPEN),),  # None: fitted
+    'tailfloor.fill': (rules.one_of(FILLS),),
+    'tailfloor.low': (rules.UNIT_OPEN,),
+}
+
+
+def below_the_threshold(config) -> list[str]:
+  """A given floor lies below the threshold and 1/m (m where the config tells it), and noise's
+  lower end below the threshold."""
+  from mip_jax.data.splits import private_class_count  # noqa: late import: data loading code
+  cfg, found = config.tailfloor, []
+  if cfg.threshold is None:  # a placeholder: the type check (or fit) reports it, not this one
+    return found
+  m = private_class_count(config)
+  top = min(cfg.threshold, 1.0 / m) if m else cfg.threshold
+  if cfg.floor is not None and not cfg.floor < top:
+    found.append(rules.problem('tailfloor.floor', cfg.floor, f'must be < {top:.4g}, the smaller '
+                               'of tailfloor.threshold and 1/(number of private classes)'))
+  if cfg.fill == 'noise' and cfg.low is not None and not cfg.low < cfg.threshold:
+    found.append(rules.problem('tailfloor.low', cfg.low, f'must be < tailfloor.threshold='
+                               f'{cfg.threshold} (noise fills [low, threshold])'))
+  return found
+
+
+CHECKS = (below_the_threshold,)
 
 
 def fit(setup) -> dict:
   """Checks config.tailfloor; fits the floor on the private training vectors when it is None."""
+  rules.enforce(RULES, setup.config, checks=CHECKS)
   cfg = setup.config.tailfloor
   m = setup.clean['private_train'].shape[1]
-  if not 0 < cfg.threshold < 1:
-    raise ValueError(f'tailfloor.threshold must lie in (0, 1); got {cfg.threshold}')
   if cfg.floor is None:  # fitted, and never above the entries it stands for
     floor = min(fitted_floor(setup.clean['private_train']), 0.5 * float(cfg.threshold))
   else:
     floor = float(cfg.floor)
-  if not 0 < floor < min(1.0 / m, cfg.threshold):
+  if not 0 < floor < min(1.0 / m, cfg.threshold):  # m from the data (FaceScrub's identities)
     raise ValueError(f'tailfloor.floor must lie in (0, min(1/m, tailfloor.threshold)) = '
                      f'(0, {min(1.0 / m, cfg.threshold):.4g}); got {cfg.floor}')
-  if cfg.fill not in FILLS:
-    raise ValueError(f'tailfloor.fill must be one of {FILLS}; got {cfg.fill!r}')
-  if cfg.fill == 'noise' and not 0 < cfg.low < cfg.threshold:
-    raise ValueError(f'tailfloor.low must lie in (0, tailfloor.threshold={cfg.threshold}); '
-                     f'got {cfg.low}')
   return {'threshold': float(cfg.threshold), 'floor': floor, 'fill': cfg.fill,
           'low': float(cfg.low), 'seed': keys.stage_seed(setup.config.seed, 'tailfloor')}
 
@@ -68,7 +90,7 @@ def fitted_floor(private_probs: np.ndarray, lowest: float = 1e-12) -> float:
   return float(np.exp(np.mean(np.log(np.maximum(rest, lowest)))))
 
 
-def serve(probs: np.ndarray, threshold: float, fill) -> np.ndarray:
+def floored(probs: np.ndarray, threshold: float, fill) -> np.ndarray:
   """The vectors of `probs` [N, m] with their small non-top entries replaced by `fill` (a number,
   or an [N, m] array of values below the threshold) and the others rescaled to sum 1."""
   p = np.asarray(probs, np.float64)
@@ -111,7 +133,7 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
   fill = state['floor']
   if state['fill'] == 'noise':
     fill = row_noise(probs, state['seed'], state['low'], state['threshold'])
-  return serve(probs, state['threshold'], fill)
+  return floored(probs, state['threshold'], fill)
 
 
 def looks_defended(state: dict, probs: np.ndarray) -> np.ndarray:

@@ -7,15 +7,30 @@ k = 1 is ART's `ClassLabels` postprocessor (a one-hot label); larger k is the tr
 
 import numpy as np
 
+from mip_jax.protocol import rules
+
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
+RULES = {'topk.k': (rules.above(0, integer=True),)}  # the number of scores kept
+
+
+def at_most_the_classes(config) -> list[str]:
+  """topk.k <= the number of private classes, where the config tells it (not FaceScrub's)."""
+  from mip_jax.data.splits import private_class_count  # noqa: late import: data loading code
+  m = private_class_count(config)
+  if m is not None and config.topk.k is not None and config.topk.k > m:
+    return [rules.problem('topk.k', config.topk.k, f'must be <= {m}, the number of private '
+                          'classes')]
+  return []
+
+
+# Validation only: `fit` cannot know the classes (vectors wider than k are refused by `apply`).
+CHECKS = (at_most_the_classes,)
 
 
 def fit(setup) -> dict:
   """Checks config.topk; nothing is trained."""
-  k = setup.config.topk.k
-  if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-    raise ValueError(f'topk.k is the number of scores kept and must be an integer >= 1; got {k!r}')
-  return {'k': int(k)}
+  rules.enforce(RULES, setup.config)
+  return {'k': int(setup.config.topk.k)}
 
 
 def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -> np.ndarray:

@@ -30,10 +30,10 @@ import optax
 from absl import logging
 
 from mip_jax.data import data_fingerprint
-from mip_jax.defenses import feasible, lpa
+from mip_jax.defenses import artefact, feasible, lpa, protocol
 from mip_jax.losses import alignment
 from mip_jax.models import vae as vae_model
-from mip_jax.protocol import substitute
+from mip_jax.protocol import rules, substitute
 from mip_jax.runtime import checkpoints, keys, parallel, train
 
 REPLACES_CLASSIFIER = False  # a post-processing unit (defenses.protocol)
@@ -43,6 +43,16 @@ STAGE = 'vae'
 # Rows whose candidate moves no entry by this much have a numerically 0/0 projection gradient.
 _STUCK = 1e-18
 _ALIGNMENTS = ('per_example', 'aggregate')
+RULES = {
+    'vae.eps': (rules.POSITIVE,),  # the served vectors' L2 radius
+    'vae.latent': (rules.above(0, integer=True),),
+    'vae.hidden': (rules.each(rules.above(0, integer=True)),),
+    'vae.*_weight': (rules.NON_NEGATIVE,),
+    'vae.alignment': (rules.one_of(_ALIGNMENTS),),
+    'vae.distance': (rules.one_of(lambda: alignment.DISTANCES),),
+}
+
+
 def make_generator(cfg, num_classes: int):
   """The generator module from config.vae (latent, hidden, eps)."""
   return vae_model.PerturbationVAE(num_classes=num_classes, latent=cfg.latent,
@@ -50,17 +60,9 @@ def make_generator(cfg, num_classes: int):
 
 
 def check_config(cfg) -> None:
-  """Fails with the field to fix on a config.vae the generator cannot train with."""
-  if cfg.alignment not in _ALIGNMENTS:
-    raise ValueError(f'vae.alignment must be one of {_ALIGNMENTS}, got {cfg.alignment!r}')
-  if cfg.distance not in alignment.DISTANCES:
-    raise ValueError(f'vae.distance must be one of {sorted(alignment.DISTANCES)}, '
-                     f'got {cfg.distance!r}')
-  if not cfg.eps > 0:
-    raise ValueError(f'vae.eps must be > 0, got {cfg.eps}')
-  for name in ('kl_weight', 'recon_weight', 'align_weight'):
-    if cfg[name] < 0:
-      raise ValueError(f'vae.{name} must be >= 0, got {cfg[name]}')
+  """ConfigError naming the field to fix on a config.vae section the generator cannot train with."""
+  values = {f'vae.{k}': v for k, v in rules.flatten(cfg).items()}
+  rules.raise_problems(rules.problems(RULES, values))
 
 
 def project_with_finite_grad(c: jnp.ndarray, delta: jnp.ndarray, eps) -> jnp.ndarray:
@@ -148,7 +150,7 @@ def train_generator(config, probs: np.ndarray, targets: np.ndarray, images: np.n
 def fit(setup) -> dict:
   """LPA's vectors of the attack-class queries, then trains (or loads) the generator on them."""
   config = setup.config
-  check_config(config.vae)
+  rules.enforce(RULES, config)
   queries = setup.splits.attack_train
   clean, images = setup.clean['attack_train'], queries.images.astype(np.float32)
   lpa_state = lpa.fit(setup)  # substitute stage (shared with `lpa`) and g_t
@@ -178,6 +180,27 @@ def make_state(model, params, eps: float, *, seed: int) -> dict:
           'seed': seed}
 
 
+def export(state: dict) -> artefact.Artefact:
+  """The generator's architecture and parameters, its radius and its serving seed."""
+  return artefact.Artefact(
+      settings={'generator': artefact.module_fields(state['model']), 'eps': state['eps'],
+                'seed': state['seed']},
+      arrays=artefact.pack(jax.device_get(state['params']), 'generator'))
+
+
+def serve(served: artefact.Artefact, config, mesh) -> protocol.Backend:
+  """One generator pass per request (no images, no optimisation), in chunks of
+  config.serve.max_batch padded to bucket sizes; a row whose network output is not finite fails."""
+  del mesh
+  settings = served.settings
+  state = make_state(artefact.rebuild(vae_model.PerturbationVAE, settings['generator']),
+                     artefact.unpack(served.arrays, 'generator'), settings['eps'],
+                     seed=int(settings['seed']))
+  chunk = int(config.serve.max_batch)
+  return protocol.Backend(lambda probs, images: generate(state, probs, chunk=chunk),
+                          moves_rows=True)
+
+
 def generate(state: dict, probs: np.ndarray, *, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
   """Defended vectors and a per-row `finite` flag (False: the network failed on that row).
 
@@ -187,8 +210,7 @@ def generate(state: dict, probs: np.ndarray, *, chunk: int = 1024) -> tuple[np.n
   """
   probs = np.asarray(probs, np.float32)
   out, finite = [], []
-  pow2 = lambda n: 1 << max(n - 1, 0).bit_length()
-  for _, n, (padded, _) in parallel.padded_batches((probs,), chunk, pad_to=pow2):
+  for _, n, (padded, _) in parallel.padded_batches((probs,), chunk, pad_to=parallel.bucket_size):
     res = state['fn'](state['params'], padded)
     out.append(np.asarray(res['defended'])[:n])
     finite.append(np.asarray(res['finite'])[:n])

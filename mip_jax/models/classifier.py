@@ -13,9 +13,32 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from mip_jax.protocol import rules
+
 # PyTorch BatchNorm2d defaults (Yang's code): momentum 0.1 is flax momentum 0.9.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+
+# config.classifier and config.eval_classifier.
+RULES = {
+    '*classifier.channels': (rules.each(rules.POSITIVE),),
+    '*classifier.hidden_mult': (rules.POSITIVE,),
+    '*classifier.dropout': (rules.within(0, 1, open_hi=True),),
+}
+
+
+def blocks_fit_the_image(config) -> list[str]:
+  """Each conv block halves the image: at most log2(image_size) of them."""
+  found = []
+  for section in ('classifier', 'eval_classifier'):
+    blocks = len(config[section].channels)
+    if config.image_size < 2 ** blocks:
+      found.append(f'config.{section}.channels has {blocks} conv blocks, each halving the image, '
+                   f'too many for image_size {config.image_size}: drop blocks or raise image_size')
+  return found
+
+
+CHECKS = (blocks_fit_the_image,)
 
 
 class Classifier(nn.Module):

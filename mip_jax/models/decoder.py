@@ -21,11 +21,14 @@ twice differentiable and vmappable in eval mode (callers take second-order deriv
 in eval mode, with `use_running_average`).
 """
 
+import typing
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from mip_jax.models.conv_transpose import Conv3x3, ConvTranspose4x4S2, ConvTransposeStem, Impl
+from mip_jax.protocol import rules
 
 # PyTorch BatchNorm2d defaults (Yang's code): running-stat momentum 0.1, i.e. flax momentum 0.9.
 BN_MOMENTUM = 0.9
@@ -40,6 +43,30 @@ def output_side(blocks: int) -> int:
 def hidden_channels(width: int, blocks: int) -> tuple[int, ...]:
   """Channels after each hidden block: width*2**(blocks-2), ..., 2*width, width."""
   return tuple(width * 2 ** (blocks - 2 - i) for i in range(blocks - 1))
+
+
+# config.decoder (the attacker's) and the substitute's blocks (None in config.substitute: the
+# attacker's).
+RULES = {
+    'decoder.width': (rules.POSITIVE,),
+    '*.blocks': (rules.one_of(range(2, 9)),),  # 16 to 1024 pixels
+    '*.extra_blocks': (rules.NON_NEGATIVE,),
+    'decoder.b1': (rules.within(0, 1, open_hi=True),),
+    'decoder.b2': (rules.within(0, 1, open_hi=True),),
+    'decoder.impl': (rules.one_of(lambda: typing.get_args(Impl)),),
+}
+
+
+def geometry_problems(config) -> list[str]:
+  """config.decoder.blocks makes images of config.image_size."""
+  try:
+    check_geometry((config.image_size, config.image_size, config.channels), config.decoder.blocks)
+  except ValueError as e:
+    return [str(e)]
+  return []
+
+
+CHECKS = (geometry_problems,)
 
 
 def check_geometry(image_shape: tuple[int, int, int], blocks: int) -> None:

@@ -16,9 +16,15 @@ import numpy as np
 
 from mip_jax import defenses
 from mip_jax.attacks import diffusion, suite
+from mip_jax.defenses import artefact
 from mip_jax.data import Splits, data_fingerprint, load_splits, query_indices
-from mip_jax.protocol import metrics, stages, validation
+from mip_jax.protocol import metrics, rules, stages, validation
 from mip_jax.runtime import console, keys, parallel
+
+RULES = {
+    'attack.reconstruct_from': (rules.one_of(('clean', 'defended')),),  # step 7's source
+    'eval.num_figure_images': (rules.above(0),),
+}
 
 
 @dataclasses.dataclass
@@ -33,6 +39,8 @@ class Setup:
   mesh: jax.sharding.Mesh
   evaluator_acc: float = float('nan')  # E's accuracy on the real private images: attack acc's ceiling
   private_features: np.ndarray | None = None  # E's penultimate features of private_train (KNN dist)
+  # T's stage record (`stages.load_classifier`): serving restores T from its checkpoint with it.
+  classifier_stage: dict | None = None
 
 
 def prepare(config, workdir: str, *, mesh=None) -> Setup:
@@ -48,10 +56,14 @@ def prepare(config, workdir: str, *, mesh=None) -> Setup:
   m = splits.num_private_classes
   data = data_fingerprint(config)
   tr = splits.private_train
+  seed = keys.stage_seed(config.seed, 'classifier')
   classifier = stages.train_classifier(config.classifier, tr.images, tr.labels, m, workdir=workdir,
-                                       stage='classifier',
-                                       seed=keys.stage_seed(config.seed, 'classifier'), mesh=mesh,
+                                       stage='classifier', seed=seed, mesh=mesh,
                                        fingerprint_extra=data)
+  classifier_stage = {'stage': 'classifier', 'num_classes': m,
+                      'image_shape': list(splits.image_shape),
+                      'config_hash': stages.classifier_fingerprint(
+                          config.classifier, tr.labels, seed=seed, fingerprint_extra=data)}
   evaluator = stages.train_classifier(config.eval_classifier, tr.images, tr.labels, m,
                                       workdir=workdir, stage='eval_classifier',
                                       seed=keys.stage_seed(config.seed, 'eval_classifier'),
@@ -62,11 +74,19 @@ def prepare(config, workdir: str, *, mesh=None) -> Setup:
   evaluator_acc = metrics.accuracy(stages.predict_probs(*evaluator, tr.images), tr.labels)
   return Setup(config=config, workdir=workdir, splits=splits, classifier=classifier,
                evaluator=evaluator, clean=clean, mesh=mesh, evaluator_acc=evaluator_acc,
-               private_features=stages.features(*evaluator, tr.images))
+               private_features=stages.features(*evaluator, tr.images),
+               classifier_stage=classifier_stage)
 
 
-def evaluate_defense(setup: Setup, name: str, *,
-                     attackers=None) -> list[tuple[dict, np.ndarray]]:
+def export_defense(setup: Setup, name: str) -> str:
+  """Fits defense `name` (loading its finished stages, training what is missing) and writes its
+  serving artefact for `setup`'s workdir and config (`defenses.artefact`); returns its path."""
+  module = defenses.get(name)
+  return artefact.write(setup, name, module, module.fit(setup))
+
+
+def evaluate_defense(setup: Setup, name: str, *, attackers=None,
+                     export: bool = False) -> list[tuple[dict, np.ndarray]]:
   """Protocol steps 4-7 for one defense, against each attacker; [(result row, reconstructions)].
 
   `attackers` names attackers of the suite (`attacks.suite`: the paper's 'none', 'floor', 'label',
@@ -92,6 +112,8 @@ def evaluate_defense(setup: Setup, name: str, *,
   Diffusion attackers ('diffusion', 'diffusion_floor', '@w') generate an image per private vector
   instead of decoding it; their rows add `guidance`, and one trained model serves every guidance.
   Attackers that see the same inputs share one trained model (`stages.train_attacker`).
+  `export`: also write the fitted defense's serving artefact (`defenses.artefact`; for the
+  workdir's own config, the one `launch.serve` serves).
   """
   config, splits = setup.config, setup.splits
   m = splits.num_private_classes
@@ -119,6 +141,8 @@ def evaluate_defense(setup: Setup, name: str, *,
   defended_queries = serve(clean_queries, queries.images, 'queries')
   defended_test = serve(clean_test, test.images, 'private test vectors')
   defend_s = time.time() - start
+  if export:
+    artefact.write(setup, name, module, state)
   console.say('defense %s: %d queries and %d private test vectors defended in %.0f s', name,
               len(defended_queries), len(defended_test), defend_s)
   utility = {

@@ -8,6 +8,10 @@ of reconstructions whose error exceeds epsilon; larger is better for the defende
 
 import numpy as np
 
+from mip_jax.protocol import rules
+
+RULES = {'eval.eps_grid': (rules.each(rules.NON_NEGATIVE),)}  # the epsilon-eta curve's epsilons
+
 
 def check_probability_vectors(probs: np.ndarray, *, name: str = 'probs', atol: float = 1e-4):
   """Raises ValueError unless `probs` is a finite [N, m] array of rows in [0, 1] summing to 1."""

@@ -14,7 +14,15 @@ import optax
 
 from mip_jax.losses import reconstruction
 from mip_jax.models import make_classifier, make_decoder
+from mip_jax.protocol import rules
 from mip_jax.runtime import checkpoints, parallel, train
+
+RULES = {
+    'decoder.loss': (rules.one_of(lambda: reconstruction.LOSSES),),
+    # The attacker's early stopping (`train_attacker`): None trains decoder.epochs.
+    'attack.patience': (rules.optional(rules.above(0)),),
+    'attack.val_fraction': (rules.UNIT_OPEN,),
+}
 
 
 # ---------------------------------------------------------------- classifiers
@@ -56,13 +64,45 @@ def train_classifier(section, images: np.ndarray, labels: np.ndarray, num_classe
   if model is None:
     model = make_classifier(section, num_classes)
   variables = model.init(jax.random.key(seed), images[:1], train=False)
-  tx = optax.adam(section.learning_rate)
-  state = train.TrainState.create(variables=variables, tx=tx)
-  ckpt = checkpoints.StageCheckpoint(
-      workdir, stage, checkpoints.fingerprint([section.to_dict(), seed, fingerprint_extra,
-                                          checkpoints.array_fingerprint(labels)]))
-  state = train.fit(state, train.Step(step or classifier_step, model=model), (images, labels), epochs=section.epochs,
-                    batch_size=section.batch_size, seed=seed, checkpoint=ckpt, mesh=mesh, desc=stage)
+  state = train.TrainState.create(variables=variables, tx=optax.adam(section.learning_rate))
+  ckpt = checkpoints.StageCheckpoint(workdir, stage, classifier_fingerprint(
+      section, labels, seed=seed, fingerprint_extra=fingerprint_extra))
+  state = train.fit(state, train.Step(step or classifier_step, model=model), (images, labels),
+                    epochs=section.epochs, batch_size=section.batch_size, seed=seed,
+                    checkpoint=ckpt, mesh=mesh, desc=stage)
+  ckpt.close()
+  return model, jax.device_get(state.variables)
+
+
+def classifier_fingerprint(section, labels: np.ndarray, *, seed: int,
+                           fingerprint_extra: Any = None) -> str:
+  """The config fingerprint of a classifier stage (what `train_classifier` checkpoints under)."""
+  return checkpoints.fingerprint([section.to_dict(), seed, fingerprint_extra,
+                                  checkpoints.array_fingerprint(labels)])
+
+
+def load_classifier(section, record: dict, *, workdir: str, mesh=None):
+  """A finished classifier stage restored from its checkpoint alone, without its training data.
+
+  Args:
+    section: its config section (config.classifier): the architecture and optimiser to restore.
+    record: {'stage', 'config_hash', 'num_classes', 'image_shape'} (`experiment.Setup`'s
+      `classifier_stage`, kept in serving artefacts): which checkpoint, trained under what.
+
+  Returns:
+    (model, variables).
+
+  Raises:
+    train.StageNotTrainedError (no finished checkpoint), checkpoints.StageMismatchError (the stage
+    was retrained under another config since the record was taken).
+  """
+  model = make_classifier(section, int(record['num_classes']))
+  example = jnp.zeros((1, *record['image_shape']), jnp.float32)
+  abstract = jax.eval_shape(lambda: train.TrainState.create(
+      variables=model.init(jax.random.key(0), example, train=False),
+      tx=optax.adam(section.learning_rate)))
+  ckpt = checkpoints.StageCheckpoint(workdir, record['stage'], record['config_hash'])
+  state = train.load(abstract, ckpt, mesh=mesh, desc=record['stage'])
   ckpt.close()
   return model, jax.device_get(state.variables)
 
@@ -85,19 +125,23 @@ def _decode(variables, inputs, *, model):
   return model.apply(variables, inputs, train=False)
 
 
-def batched(fn, model, variables, arrays: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
+def batched(fn, model, variables, arrays: np.ndarray, *, batch_size: int = 512,
+            pad_to=None) -> np.ndarray:
   """`fn(variables, batch, model=model)` over `arrays` in batches of one shape (the last padded),
-  so a jitted forward pass compiles once per model and batch size."""
+  so a jitted forward pass compiles once per model and batch size; `pad_to` (n -> rows, e.g.
+  `parallel.bucket_size`) pads each batch to a few sizes instead (serving any request size)."""
   variables = jax.device_put(variables)
+  pad_to = pad_to or (lambda n: batch_size)
   out = [np.asarray(fn(variables, batch, model=model))[:n]
-         for _, n, (batch, _) in parallel.padded_batches((arrays,), batch_size,
-                                                         pad_to=lambda n: batch_size)]
+         for _, n, (batch, _) in parallel.padded_batches((arrays,), batch_size, pad_to=pad_to)]
   return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
-def predict_probs(model, variables, images: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
+def predict_probs(model, variables, images: np.ndarray, *, batch_size: int = 512,
+                  pad_to=None) -> np.ndarray:
   """Softmax confidence vectors of a classifier in eval mode, batched; float32 [N, m]."""
-  return batched(_probs, model, variables, images, batch_size=min(batch_size, len(images)))
+  return batched(_probs, model, variables, images, batch_size=min(batch_size, len(images)),
+                 pad_to=pad_to)
 
 
 def features(model, variables, images: np.ndarray, *, batch_size: int = 512) -> np.ndarray:

@@ -22,12 +22,22 @@ import numpy as np
 from mip_jax.attacks import transforms
 from mip_jax.data import data_fingerprint, query_indices
 from mip_jax.losses import reconstruction
-from mip_jax.protocol import stages
+from mip_jax.protocol import rules, stages
 from mip_jax.runtime import checkpoints, keys
 
 # Fields of config.substitute that override the attacker's config.decoder when not None.
 DECODER_FIELDS = ('width', 'blocks', 'extra_blocks', 'loss', 'epochs', 'batch_size',
                   'learning_rate')
+# How the substitute's BatchNorm runs inside the defender's losses (lpa.batchnorm, lfp.batchnorm).
+BATCHNORMS = ('eval', 'train')
+
+# Limits of config.substitute (None: the attacker's setting); blocks, epochs, batch_size,
+# learning_rate and data follow the patterns of the decoder, the training loop and the data.
+RULES = {
+    'substitute.width': (rules.POSITIVE,),
+    'substitute.loss': (rules.one_of(lambda: reconstruction.LOSSES),),
+    'substitute.transform': (rules.one_of(lambda: transforms.TRANSFORMS),),
+}
 
 
 def decoder_section(config, section=None) -> ml_collections.ConfigDict:
@@ -105,7 +115,7 @@ def decoder_loss_fn(model, batch_stats, attack_cfg, loss: str = 'mse', batchnorm
   attacker's decoder sees them while it trains (a lever of the attribution ablation; in per-example
   mode each example is then normalised over its own spatial positions only).
   """
-  if batchnorm not in ('eval', 'train'):
+  if batchnorm not in BATCHNORMS:
     raise ValueError(f"lpa.batchnorm must be 'eval' or 'train', got {batchnorm!r}")
   per_example = {'mse': reconstruction.per_example_mse,
                  'psnr': lambda r, x: -10.0 * jnp.log10(reconstruction.per_example_mse(r, x) + 1e-10)}

@@ -5,14 +5,18 @@
 
 Three kinds of checks, every problem one sentence that names the field and what to set:
   * types: every field against the type of its default (the config file loaded without overrides),
-    so a field someone adds to configs/common.py is checked without a rule here; None only where the
+    so a field someone adds to configs/common.py is checked without a rule; None only where the
     default is None (a placeholder); tuple and list elements too. A field the defaults lack is an
     unknown key, reported with the closest known names (difflib).
-  * RULES below: ranges and allowed values per field (shell-style patterns, `*.eps` matches lpa.eps
-    and vae.eps). Allowed names are read from the registries that use them, never copied.
-  * cross-field checks (`_cross_checks`, run once the rules pass, so they may trust the rules'
-    types): classes disjoint and present in the dataset, decoder and
-    classifier geometry, k <= number of classes, batch sizes divisible by the device count.
+  * rules: ranges and allowed values, declared by the module that reads each field (`RULES` of
+    `OWNERS` and of every registered defense, `protocol.rules`; e.g. `defenses/noise.py` owns
+    noise.scale), so a defense's own `fit` enforces exactly what is checked here.
+  * cross-field checks (each owner's `CHECKS`, run once the rules pass, so they may trust the
+    rules' types): classes disjoint and present in the dataset, decoder and classifier geometry,
+    k <= number of classes, diffusion betas in order; and here, batch sizes divisible by the
+    device count.
+The owners are imported when a config is first checked, not when this module is: importing it
+imports no defense, model or dataset code (a launcher's `--help` stays fast).
 
 Why at flag-parsing time as well as in `experiment.prepare`: the launcher then exits with absl's
 one-line "FATAL Flags parsing error" before JAX starts; `prepare` repeats the check for Python
@@ -21,172 +25,46 @@ callers and adds the device count, known only once JAX (and a distributed run) i
 
 import difflib
 import fnmatch
-import math
+import importlib
 import sys
 import typing
-from typing import Any, Callable
 
 import ml_collections
 
-from mip_jax import defenses
-from mip_jax.attacks import suite, transforms
-from mip_jax.data import KNOWN_DATASETS
-from mip_jax.data.splits import CLASS_COUNTS, QUERY_PARTS
-from mip_jax.defenses import lpa, purification, space
-from mip_jax.losses import alignment, hsic, reconstruction
-from mip_jax.models import conv_transpose
-from mip_jax.models.decoder import check_geometry
+from mip_jax.protocol import rules as rules_lib
+from mip_jax.protocol.rules import ConfigError, flatten
+
+__all__ = ['ConfigError', 'check', 'check_names', 'flatten', 'install_flag_checks', 'problems',
+           'rules', 'unknown_key_message']
+
+# Modules whose RULES / CHECKS limit the config sections they read (besides the defenses, which
+# the registry names): the seed, the training loop, data, models, stages, attackers, metrics,
+# serving.
+OWNERS = (
+    'mip_jax.runtime.keys', 'mip_jax.runtime.train', 'mip_jax.data.splits',
+    'mip_jax.models.classifier', 'mip_jax.models.decoder', 'mip_jax.protocol.stages',
+    'mip_jax.protocol.substitute', 'mip_jax.protocol.experiment', 'mip_jax.protocol.metrics',
+    'mip_jax.attacks.transforms', 'mip_jax.attacks.suite', 'mip_jax.attacks.diffusion',
+    'mip_jax.serving.defender',
+)
 
 
-class ConfigError(ValueError):
-  """A config value that cannot run; the message says which field to change and to what."""
+def _owners() -> list:
+  """Every owner of rules: the modules of OWNERS and the registered defenses' modules."""
+  from mip_jax import defenses  # noqa: late import: the registry imports no defense itself
+  return [importlib.import_module(o) if isinstance(o, str) else o
+          for o in (*OWNERS, *defenses.REGISTRY.rule_owners())]
 
 
-# ---------------------------------------------------------------- rules: value -> problem or None
-
-Rule = Callable[[Any], str | None]
-
-
-def _number(v) -> bool:
-  return isinstance(v, (int, float)) and not isinstance(v, bool)
+def rules() -> rules_lib.Table:
+  """Every owner's RULES in one table (pattern -> rules); a pattern that matches no field is
+  ignored, so a rule may wait for its field."""
+  return rules_lib.merge(getattr(owner, 'RULES', {}) for owner in _owners())
 
 
-def above(lo: float) -> Rule:
-  return lambda v: None if _number(v) and v > lo else f'must be > {lo}'
-
-
-def at_least(lo: float) -> Rule:
-  return lambda v: None if _number(v) and v >= lo else f'must be >= {lo}'
-
-
-def within(lo: float, hi: float, *, open_lo=False, open_hi=False) -> Rule:
-  def rule(v):
-    ok = _number(v) and (v > lo if open_lo else v >= lo) and (v < hi if open_hi else v <= hi)
-    return None if ok else f'must lie in {"(" if open_lo else "["}{lo}, {hi}{")" if open_hi else "]"}'
-  return rule
-
-
-def one_of(known: Callable[[], typing.Iterable]) -> Rule:
-  """`known` is called at check time, so names registered after import count."""
-  def rule(v):
-    names = list(known())
-    if v in names:
-      return None
-    close = difflib.get_close_matches(str(v), [str(n) for n in names], n=1)
-    hint = f' (did you mean {close[0]!r}?)' if close else ''
-    return f'must be one of {", ".join(map(repr, names))}{hint}'
-  return rule
-
-
-def optional(rule: Rule) -> Rule:
-  return lambda v: None if v is None else rule(v)
-
-
-def each(rule: Rule, *, nonempty: bool = True, ascending: bool = False) -> Rule:
-  def check(v):
-    if nonempty and not v:
-      return 'must not be empty'
-    for x in v:
-      problem = rule(x)
-      if problem:
-        return f'has entry {x!r} that {problem}'
-    if ascending and list(v) != sorted(v):
-      return 'must be in ascending order'
-    return None
-  return check
-
-
-POSITIVE = above(0)
-NON_NEGATIVE = at_least(0)
-UNIT_OPEN = within(0, 1, open_lo=True, open_hi=True)
-MODES = one_of(lambda: lpa.MODES)
-DISTANCES = one_of(lambda: alignment.DISTANCES)
-LOSSES = one_of(lambda: reconstruction.LOSSES)
-
-# Every matching pattern applies. A pattern that matches no field is ignored, so a rule may wait for
-# its field. Fields without a rule still get the type check. None skips the rules: whether a field
-# may be None (a placeholder such as substitute.width, "inherit") is the type check's decision.
-RULES: dict[str, tuple[Rule, ...]] = {
-    'dataset': (one_of(lambda: KNOWN_DATASETS),),
-    'image_size': (above(0),),
-    'channels': (one_of(lambda: (1, 3)),),
-    'seed': (NON_NEGATIVE,),
-    'test_fraction': (UNIT_OPEN,),
-    'max_per_split': (optional(above(0)),),
-    '*_classes': (each(at_least(0)),),
-    '*.epochs': (NON_NEGATIVE,),
-    '*.batch_size': (POSITIVE,),
-    '*.learning_rate': (POSITIVE,),
-    '*.eps': (POSITIVE,),
-    '*.steps': (NON_NEGATIVE,),
-    '*.tau': (POSITIVE,),
-    '*.restarts': (at_least(1),),
-    '*.milestones': (each(UNIT_OPEN, nonempty=False, ascending=True),),
-    '*.mode': (MODES,),
-    '*.distance': (DISTANCES,),
-    '*.loss': (LOSSES,),
-    '*classifier.channels': (each(POSITIVE),),
-    '*classifier.hidden_mult': (POSITIVE,),
-    '*classifier.dropout': (within(0, 1, open_hi=True),),
-    'decoder.width': (POSITIVE,),
-    '*.blocks': (one_of(lambda: range(2, 9)),),  # 16 to 1024 pixels
-    '*.extra_blocks': (NON_NEGATIVE,),
-    'decoder.b1': (within(0, 1, open_hi=True),),
-    'decoder.b2': (within(0, 1, open_hi=True),),
-    'decoder.impl': (one_of(lambda: typing.get_args(conv_transpose.Impl)),),
-    '*.transform': (one_of(lambda: transforms.TRANSFORMS),),
-    '*.data': (one_of(lambda: QUERY_PARTS),),
-    'attack.floor': (UNIT_OPEN,),
-    'attack.top_k': (optional(above(0)),),
-    'attack.log_floor': (lambda v: None if _number(v) and -math.inf < v < 0 else 'must be < 0',),
-    'attack.reconstruct_from': (one_of(lambda: ('clean', 'defended')),),
-    'attack.adaptive': (one_of(lambda: suite.ADAPTIVE + suite.ZERO_ROBUST),),
-    'attack.patience': (optional(above(0)),),
-    'attack.val_fraction': (UNIT_OPEN,),
-    'attack.adaptive_noise_std': (NON_NEGATIVE,),
-    '*.space': (one_of(lambda: space.SPACES),),
-    '*.log_bound': (POSITIVE,),
-    '*.batchnorm': (one_of(lambda: ('eval', 'train')),),
-    '*.objective': (one_of(lambda: lpa.OBJECTIVES),),
-    'lpa.ensemble_size': (at_least(1),),
-    'lpa.ensemble_vary': (one_of(lambda: ('seed', 'arch')),),
-    'lfp.budget': (within(0, 1, open_lo=True),),
-    'lfp.threshold': (within(0, 1, open_lo=True),),
-    'lfp.eps': (NON_NEGATIVE,),  # 0: reversal only (lfp.py)
-    'noise.scale': (NON_NEGATIVE,),
-    'onepara.epsilon': (POSITIVE,),
-    'onepara.sensitivity': (POSITIVE,),
-    'rounding.decimals': (NON_NEGATIVE,),
-    'topk.k': (above(0),),
-    'grad2.eps': (within(0, 2, open_lo=True),),
-    'am.threshold': (within(0, 1, open_lo=True),),
-    'am.steepness': (POSITIVE,),
-    'tailfloor.threshold': (UNIT_OPEN,),
-    'tailfloor.floor': (optional(UNIT_OPEN),),
-    'tailfloor.fill': (one_of(lambda: ('floor', 'noise')),),
-    'tailfloor.low': (UNIT_OPEN,),
-    'vae.latent': (above(0),),
-    'vae.hidden': (each(POSITIVE),),
-    'vae.*_weight': (NON_NEGATIVE,),
-    'vae.alignment': (MODES,),
-    'serve.max_batch': (above(0),),
-    'mid.beta': (NON_NEGATIVE,),
-    'bido.*_lambda_*': (NON_NEGATIVE,),
-    'bido.sigma': (POSITIVE,),
-    'bido.kernel_y': (one_of(lambda: hsic.KERNELS),),
-    'purification.reference': (one_of(lambda: purification.REFERENCES),),
-    'purification.width_factors': (each(POSITIVE),),
-    'purification.*_weight': (NON_NEGATIVE,),
-    'diffusion.timesteps': (above(0),),
-    'diffusion.beta_*': (UNIT_OPEN,),
-    'diffusion.features': (above(0),),
-    'diffusion.drop_prob': (within(0, 1, open_hi=True),),
-    'diffusion.guidance': (NON_NEGATIVE,),
-    'diffusion.guidances': (each(NON_NEGATIVE),),
-    'diffusion.sample_batch_size': (above(0),),
-    'eval.eps_grid': (each(NON_NEGATIVE),),
-    'eval.num_figure_images': (above(0),),
-}
+def cross_checks() -> list[rules_lib.Check]:
+  """Every owner's CHECKS (`check(config) -> [sentence, ...]`), deduplicated, in owner order."""
+  return list(dict.fromkeys(c for owner in _owners() for c in getattr(owner, 'CHECKS', ())))
 
 
 # ---------------------------------------------------------------- the checks
@@ -201,9 +79,8 @@ def _leaves(config, prefix: str = ''):
       yield prefix + key, config, key
 
 
-def flatten(config) -> dict[str, Any]:
-  """{'lpa.eps': 0.01, ...}: every leaf of a (nested) ConfigDict by its dotted path."""
-  return {path: section[key] for path, section, key in _leaves(config)}
+def _number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _leaf_types(config) -> dict[str, type]:
@@ -248,10 +125,6 @@ def unknown_key_message(path: str, known: typing.Iterable[str]) -> str:
   return f'config.{path} is not a config field{hint}'
 
 
-def _problem(path: str, value, problem: str) -> str:
-  return f'config.{path}={value!r} {problem}: change --config.{path}'
-
-
 def check_names(kind: str, names, known) -> list[str]:
   """Validates names against a registry (`defenses.REGISTRY`); returns them.
 
@@ -281,65 +154,29 @@ def problems(config, *, defaults=None, devices: int | None = None) -> list[str]:
       else:
         problem = _type_problem(values[path], default, declared[path])
         if problem:
-          found.append(_problem(path, values[path], problem))
+          found.append(rules_lib.problem(path, values[path], problem))
   else:  # without defaults, at least the fields the cross-field checks read must be set
     found += [f'config.{path} is None; set --config.{path}' for path in CROSS_FIELDS
               if path in values and values[path] is None]
   if found:  # rules assume the types are right
     return found
-  for pattern, rules in RULES.items():
-    for path in fnmatch.filter(values, pattern):
-      if values[path] is None:
-        continue
-      for rule in rules:
-        try:
-          problem = rule(values[path])
-        except TypeError:  # no defaults given, so the type was not checked first
-          problem = f'has the wrong type ({type(values[path]).__name__})'
-        if problem:
-          found.append(_problem(path, values[path], problem))
-          break
-  return found or _cross_checks(config, values, devices)
-
-
-# Fields `_cross_checks` reads; never placeholders. (ConfigDict.copy_and_resolve_references turns a
-# placeholder into a plain None, so a config's own types cannot tell a placeholder from a mistake.)
-CROSS_FIELDS = ('dataset', 'image_size', 'channels', 'private_classes', 'attack_classes',
-                'decoder.blocks', 'classifier.channels', 'eval_classifier.channels')
-
-
-def _cross_checks(config, values: dict, devices: int | None) -> list[str]:
-  found = []
-  private, attack = list(config.private_classes), list(config.attack_classes)
-  count = CLASS_COUNTS.get(config.dataset)
-  m = count and len(private)  # FaceScrub: identities decide, private_classes are ignored
-  if count is not None:
-    for field, classes in (('private_classes', private), ('attack_classes', attack)):
-      bad = [c for c in classes if not (isinstance(c, int) and 0 <= c < count)]
-      if not classes or bad or len(set(classes)) != len(classes):
-        found.append(f'config.{field}={classes} must be distinct, non-empty labels of '
-                     f'{config.dataset} in [0, {count}): change --config.{field}')
-    if not found and set(private) & set(attack):
-      found.append(f'config.private_classes and config.attack_classes must be disjoint but share '
-                   f'{sorted(set(private) & set(attack))}: change one of them')
-  try:
-    check_geometry((config.image_size, config.image_size, config.channels), config.decoder.blocks)
-  except ValueError as e:
-    found.append(str(e))
-  for section in ('classifier', 'eval_classifier'):
-    blocks = len(config[section].channels)
-    if config.image_size < 2 ** blocks:
-      found.append(f'config.{section}.channels has {blocks} conv blocks, each halving the image, '
-                   f'too many for image_size {config.image_size}: drop blocks or raise image_size')
-  for path in ('attack.top_k', 'topk.k'):
-    if m and path in values and values[path] is not None and values[path] > m:
-      found.append(_problem(path, values[path], f'must be <= {m}, the number of private classes'))
+  found = rules_lib.problems(rules(), values)
+  if found:  # cross-field checks trust the rules
+    return found
+  found = [p for check in cross_checks() for p in check(config)]
   if devices:
     for path in fnmatch.filter(values, '*.batch_size'):
       if values[path] is not None and values[path] % devices:
-        found.append(_problem(path, values[path], f'must be a multiple of the {devices} devices '
-                              '(each step splits its batch over them)'))
+        found.append(rules_lib.problem(path, values[path], f'must be a multiple of the {devices} '
+                                       'devices (each step splits its batch over them)'))
   return found
+
+
+# Fields the cross-field checks read; never placeholders. (ConfigDict.copy_and_resolve_references
+# turns a placeholder into a plain None, so a config's own types cannot tell a placeholder from a
+# mistake.)
+CROSS_FIELDS = ('dataset', 'image_size', 'channels', 'private_classes', 'attack_classes',
+                'decoder.blocks', 'classifier.channels', 'eval_classifier.channels')
 
 
 def check(config, *, defaults=None, devices: int | None = None) -> None:
@@ -351,9 +188,7 @@ def check(config, *, defaults=None, devices: int | None = None) -> None:
       rules and cross-field checks.
     devices: the number of devices batches are split over; None skips that check.
   """
-  found = problems(config, defaults=defaults, devices=devices)
-  if found:
-    raise ConfigError('\n'.join(found) if len(found) > 1 else found[0])
+  rules_lib.raise_problems(problems(config, defaults=defaults, devices=devices))
 
 
 # ---------------------------------------------------------------- launchers (absl flags)
@@ -363,10 +198,14 @@ def install_flag_checks(config_flag) -> None:
 
   An unknown override (`--config.lpa.epz=0.1`) raises AttributeError inside ml_collections, outside
   absl's handling of bad values (a traceback); it becomes a sentence with the closest field names.
-  Once every flag
-  is parsed (overrides applied) a validator runs `check` against the config file's defaults.
-  Both raise absl's IllegalFlagValueError, which `app.run` prints as "FATAL Flags parsing error:
-  <sentence>" before exiting with status 1.
+  Once every flag is parsed (overrides applied) a validator (absl's public `register_validator`)
+  runs `check` against the config file's defaults. Both raise absl's IllegalFlagValueError, which
+  `app.run` prints as "FATAL Flags parsing error: <sentence>" before exiting with status 1.
+
+  Why the first part wraps the flag's private `_parse`: the override fails inside it, before any
+  public hook runs. ml_collections' public `accept_new_attributes=True` (which needs an unlocked
+  config) would let an unknown field of a known section through to the validator, but an unknown
+  section (`--config.lpq.eps`) still raises KeyError inside `_parse`.
   """
   from absl import flags  # noqa: late import: the library itself does not need absl flags
   flag = flags.FLAGS[config_flag.name]

@@ -9,6 +9,10 @@ SeedSequence of (seed, name) gives every (seed, stage) pair a stream of its own 
 
 import numpy as np
 
+from mip_jax.protocol import rules
+
+RULES = {'seed': (rules.at_least(0, integer=True),)}
+
 # The names the protocol uses (tests check that no two of them share a seed for seeds 0..9).
 STAGES = ('classifier', 'eval_classifier', 'attacker', 'attacker_sampling', 'substitute',
           'purification', 'vae', 'vae_serving', 'lpa', 'lfp', 'mid', 'bido', 'noise', 'onepara',

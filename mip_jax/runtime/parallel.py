@@ -192,6 +192,14 @@ def to_host(tree):
   return jax.tree.map(one, tree)
 
 
+def bucket_size(n: int, *, multiple: int = 1) -> int:
+  """The padded size of a chunk of n rows: the next power of two, rounded up to `multiple` (the
+  device count). Serving pads every chunk to one of these, so any request size compiles at most
+  log2(chunk) + 1 shapes of a jitted function."""
+  size = 1 << max(n - 1, 0).bit_length()
+  return -(-size // multiple) * multiple
+
+
 def padded_batches(arrays, batch_size: int, *, mesh: Mesh | None = None, pad_to=None):
   """Fixed-shape batches of aligned arrays for a jitted function: chunk, pad, shard.
 

@@ -12,9 +12,9 @@ across processes; the state is replicated on every device, saved and restored by
 together (Orbax), and only process 0 shows the progress bar.
 
 Inside `with load_only():` (or with `fit(..., load_only=True)`) `fit` only loads: a stage without a
-finished checkpoint raises `StageNotTrainedError` instead of training. Serving (`mip_jax.serving.defender`)
-builds everything through the same stage functions as an experiment, under this context, so it can
-never start a training run by accident.
+finished checkpoint raises `StageNotTrainedError` instead of training. `load` restores a finished
+stage without its training data and never trains (serving restores the target classifier with it,
+`stages.load_classifier`).
 """
 
 import contextlib
@@ -32,8 +32,13 @@ from absl import logging
 from flax import struct
 from tqdm import tqdm
 
+from mip_jax.protocol import rules
 from mip_jax.runtime import console, killpoints, parallel
 from mip_jax.runtime.checkpoints import StageCheckpoint
+
+# Every trained stage's section (classifier, decoder, vae, diffusion, ...) gives the loop these.
+RULES = {'*.epochs': (rules.NON_NEGATIVE,), '*.batch_size': (rules.POSITIVE,),
+         '*.learning_rate': (rules.POSITIVE,)}
 
 
 class TrainState(struct.PyTreeNode):
@@ -137,6 +142,38 @@ class EarlyStopping:
   patience: int
 
 
+def _not_trained(desc: str, checkpoint, meta, epochs) -> StageNotTrainedError:
+  where = checkpoint.directory if checkpoint is not None else '(no checkpoint given)'
+  found = 'nothing' if meta is None else f'epoch {meta["epoch"]}/{epochs}'
+  return StageNotTrainedError(
+      f'stage {desc!r} is not trained: {where} holds {found}, and loading must not train. '
+      f'Train it first with the same config and workdir (e.g. python -m launch.compare '
+      f'--config=... --workdir=...).')
+
+
+def load(state, checkpoint: StageCheckpoint, *, mesh: jax.sharding.Mesh | None = None,
+         desc: str = 'load') -> TrainState:
+  """The state of a finished stage, restored without its training data and never trained.
+
+  Args:
+    state: the structure to restore into (concrete or `jax.eval_shape`d; e.g. the state `fit`
+      would start from).
+    checkpoint: the stage's checkpoint, made with the config fingerprint it was trained under
+      (another one raises `checkpoints.StageMismatchError`).
+
+  Raises:
+    StageNotTrainedError: the checkpoint holds no finished stage.
+  """
+  mesh = mesh or parallel.data_mesh()
+  meta = checkpoint.latest()
+  if meta is None or not meta.get('done'):
+    raise _not_trained(desc, checkpoint, meta, meta['epochs'] if meta else '?')
+  stopping = 'best_epoch' in meta  # saved by early stopping: {'current': ..., 'best': ...}
+  target = {'current': _saved(state), 'best': _saved(state)} if stopping else _saved(state)
+  restored = checkpoint.restore(target, sharding=parallel.replicated(mesh))
+  return state.replace(**(restored['best'] if stopping else restored))
+
+
 def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, epochs: int,
         batch_size: int, seed: int, checkpoint: StageCheckpoint | None = None,
         mesh: jax.sharding.Mesh | None = None, desc: str = 'train',
@@ -179,12 +216,7 @@ def fit(state: TrainState, step_fn: StepFn, arrays: tuple[np.ndarray, ...], *, e
   meta = checkpoint.latest() if checkpoint is not None else None
   finished = lambda meta: meta is not None and (meta['epoch'] >= epochs or meta.get('stopped'))
   if (_LOAD_ONLY.get() if load_only is None else load_only) and not finished(meta):
-    where = checkpoint.directory if checkpoint is not None else '(no checkpoint given)'
-    found = 'nothing' if meta is None else f'epoch {meta["epoch"]}/{epochs}'
-    raise StageNotTrainedError(
-        f'stage {desc!r} is not trained: {where} holds {found}, and loading must not train. '
-        f'Train it first with the same config and workdir (e.g. python -m launch.compare '
-        f'--config=... --workdir=...).')
+    raise _not_trained(desc, checkpoint, meta, epochs)
   if checkpoint is not None and meta is not None:
     restored = checkpoint.restore(saved(state, best), sharding=parallel.replicated(mesh))
     if stopping:

@@ -1,46 +1,46 @@
 """Defended predictions for deployment: a trained classifier and a fitted defense as one object.
 
-  defender = Defender.from_workdir('runs/digits', config, defense='vae')
+  defender = Defender.from_workdir('runs/digits', None, defense)   # the workdir's config.json
   defended = defender(images)                  # [N, m] defended confidence vectors of [N, H, W, C]
   defended = defender.defend(probs, images=x)  # defend clean vectors you computed yourself
   defended, labels = defender.predict(images)
 
-`from_workdir` builds everything with the experiment's own stage functions (`experiment.prepare`,
-`<defense>.fit`) inside `train.load_only()`: finished stages are loaded, and a missing or unfinished
-one raises `train.StageNotTrainedError` instead of starting a training run; a stage trained under
-another config raises `checkpoints.StageMismatchError`.
+`from_workdir` reads two things of a workdir and trains nothing: the target classifier's stage
+checkpoint (`<workdir>/checkpoints/classifier`, restored by `stages.load_classifier`) and the
+defense's serving artefact (`<workdir>/serving/`, `defenses.artefact`), written when the defense
+was fitted for the workdir's config. Neither the dataset nor the evaluation classifier is read. How
+a defense serves is its own business (`defenses.protocol`: `export` / `serve`, or `apply` on plain
+settings); this module names no defense. A missing artefact fails naming the command that writes it.
 
-Defenses: `vae` (the one-pass generator), `lpa` (crafted online for every request, per-example mode so
-a vector does not depend on the other images of its request) or any other registered post-processing
-defense (through its `apply`). The classifier, the VAE and LPA crafting are jitted; each batch is cut
-into chunks of at most `max_batch` rows and padded to a power of two, so any batch size compiles at
-most log2(max_batch) + 1 shapes.
+Every backend is called with any number of rows: jitted ones (the classifier here, LPA's online
+crafting, generators, retrained classifiers) cut each request into chunks of at most
+config.serve.max_batch rows and pad each chunk to a power of two (`parallel.bucket_size`), so any
+request size compiles at most log2(max_batch) + 1 shapes.
 
 A defender never returns an undefended vector. Every output row is checked (finite, entries in
-[0, 1], sum 1, the clean vector's label, and for vae/lpa actually moved and produced by a finite
-network output / alignment loss); when any row fails, or the defense raises, `defend` raises
-`DefenseError` naming the failed rows (its `.defended` holds the rows that passed and NaN for the
-rest), never the clean vectors of those rows.
+[0, 1], sum 1, the clean vector's label, and for defenses whose rows always move, e.g. LPA and the
+VAE, actually moved and produced by a finite network output / alignment loss); when any row fails,
+or the defense raises, `defend` raises `DefenseError` naming the failed rows (its `.defended` holds
+the rows that passed and NaN for the rest), never the clean vectors of those rows.
 """
 
-import functools
 import os
 import threading
 
 import jax
-import ml_collections
 import numpy as np
 
 from mip_jax import defenses
-from mip_jax.defenses import vae as vae_defense
-from mip_jax.protocol import metrics, run_config
-from mip_jax.runtime import parallel, train
+from mip_jax.defenses import artefact, protocol
+from mip_jax.protocol import metrics, rules, run_config, stages
+from mip_jax.runtime import parallel
 
 # Tolerances of the output checks (float32 vectors): entries in [-TOL, 1 + TOL], |sum - 1| <= m * TOL.
 TOL = 1e-4
 # A row within this max-abs distance of its clean vector counts as unchanged: a failed crafting or
 # generator that falls back to c still renormalises it, which moves entries by a few float32 ulps.
 UNCHANGED_TOL = 1e-6
+RULES = {'serve.max_batch': (rules.above(0, integer=True),)}
 
 
 class DefenseError(RuntimeError):
@@ -154,12 +154,6 @@ def row_failures(clean: np.ndarray, defended: np.ndarray, ok: np.ndarray | None 
   return reasons
 
 
-def bucket_size(n: int, *, multiple: int = 1) -> int:
-  """The padded size of a chunk of n rows: the next power of two, rounded up to `multiple`."""
-  size = 1 << max(n - 1, 0).bit_length()
-  return -(-size // multiple) * multiple
-
-
 class Defender:
   """A classifier and a defense; callable on images, thread-safe (calls are serialised).
 
@@ -169,10 +163,11 @@ class Defender:
     classifier: (model, variables) of the target classifier.
     image_shape: the classifier's (H, W, C).
     defense: the defense's name (for messages).
-    backend: `backend(probs, images) -> (defended, ok or None)` for float32 inputs.
-    needs_images: the backend needs the queried images (LPA does).
-    require_change: rows returned unchanged count as failures (vae, lpa).
-    max_batch: rows per compiled call (longer inputs are processed in chunks).
+    backend: `backend(probs, images) -> (defended, ok or None)` for float32 inputs
+      (`protocol.Backend.fn`).
+    needs_images: the backend needs the queried images (`protocol.Backend.needs_images`).
+    require_change: rows returned unchanged count as failures (`protocol.Backend.moves_rows`).
+    max_batch: rows per compiled call of the classifier (longer inputs are processed in chunks).
   """
 
   def __init__(self, *, classifier, image_shape, defense: str, backend, needs_images: bool = False,
@@ -194,22 +189,22 @@ class Defender:
     self._lock = threading.Lock()
 
   @classmethod
-  def from_workdir(cls, workdir: str, config=None, defense: str = 'vae', *,
+  def from_workdir(cls, workdir: str, config=None, defense: str | None = None, *,
                    mesh=None) -> 'Defender':
-    """Loads the trained classifier and the fitted `defense` of `workdir`; trains nothing.
+    """Loads the trained classifier and the serving artefact of `defense` in `workdir`.
 
     Args:
-      workdir: a run directory trained with `config` (e.g. by launch.compare).
+      workdir: a run directory in which `defense` was fitted (e.g. by launch.compare).
       config: the run's config; None: the one saved in the workdir (`run_config`). A given config
         must match the saved one (run_config.ConfigMismatchError names the differing fields).
-      defense: 'vae', 'lpa' (online, per-example mode) or any registered defense name.
-      mesh: device mesh for LPA crafting (default: all devices).
+      defense: a registered defense name (required; None fails listing them).
+      mesh: device mesh of defenses that split batches over devices (default: all devices).
 
     Raises:
-      ValueError (unknown defense; ConfigMismatchError), FileNotFoundError (no classifier stage
-      or no saved config in workdir), train.StageNotTrainedError, checkpoints.StageMismatchError.
+      ValueError (unknown defense; ConfigMismatchError), FileNotFoundError (no classifier stage,
+      no saved config, or `artefact.MissingArtefactError`: the defense was not fitted for this
+      config), train.StageNotTrainedError, checkpoints.StageMismatchError.
     """
-    from mip_jax.protocol import experiment  # late import: experiment pulls in data loading
     module = defenses.get(defense)
     if not os.path.isdir(os.path.join(workdir, 'checkpoints', 'classifier')):
       raise FileNotFoundError(
@@ -220,30 +215,20 @@ class Defender:
       config = run_config.load(workdir)
     else:
       run_config.check_matches(workdir, config)
-    config = _serving_config(config, defense)
-    with train.load_only():
-      setup = experiment.prepare(config, workdir, mesh=mesh)
-      state = module.fit(setup)
-    max_batch = config.serve.max_batch
-    kwargs = dict(classifier=setup.classifier, image_shape=setup.splits.image_shape,
-                  defense=defense, max_batch=max_batch)
-    if defense == 'vae':
-      backend = lambda probs, images: vae_defense.generate(state, probs, chunk=max_batch)
-      return cls(backend=backend, require_change=True, **kwargs)
-    if defense == 'lpa':
-      backend = functools.partial(_lpa_online, state['crafter'], seed=state['seed'],
-                                  chunk=max_batch, mesh=setup.mesh)
-      return cls(backend=backend, needs_images=True, require_change=True, **kwargs)
-    # Other defenses get the images when the caller has them; one that needs them and gets none
-    # raises, which `defend` reports as a DefenseError for every row.
-    backend = lambda probs, images: (module.apply(state, probs, images=images), None)
-    return cls(backend=backend, **kwargs)
+    stored = artefact.load(workdir, defense, config)
+    classifier = stages.load_classifier(config.classifier, stored.classifier, workdir=workdir,
+                                        mesh=mesh)
+    backend = protocol.serve(module, stored.artefact, config, mesh or parallel.data_mesh())
+    return cls(classifier=classifier, image_shape=stored.classifier['image_shape'],
+               defense=defense, backend=backend.fn, needs_images=backend.needs_images,
+               require_change=backend.moves_rows, max_batch=config.serve.max_batch)
 
   def classify(self, images) -> np.ndarray:
     """Clean softmax vectors [N, m] of validated images (jitted, chunked, padded)."""
     images = check_images(images, self.image_shape)
     out = []
-    for _, n, (padded, _) in parallel.padded_batches((images,), self.max_batch, pad_to=bucket_size):
+    for _, n, (padded, _) in parallel.padded_batches((images,), self.max_batch,
+                                                     pad_to=parallel.bucket_size):
       out.append(np.asarray(self._probs_fn(self._variables, padded))[:n])
     return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
 
@@ -293,27 +278,3 @@ class Defender:
     """(defended vectors [N, m], labels [N]); the labels are the classifier's (the defense keeps them)."""
     defended = self(images)
     return defended, np.argmax(defended, axis=1)
-
-
-def _serving_config(config, defense: str) -> ml_collections.ConfigDict:
-  """A copy of `config` for serving: LPA crafts per example (a vector ignores its batch-mates)."""
-  config = config.copy_and_resolve_references()
-  if defense == 'lpa':
-    with config.unlocked():
-      config.lpa.mode = 'per_example'
-  return config
-
-
-def _lpa_online(crafter, probs: np.ndarray, images: np.ndarray, *, seed: int, chunk: int,
-                mesh) -> tuple[np.ndarray, np.ndarray]:
-  """LPA crafted for these queries now: chunks padded (zero-weight rows) to bucket sizes."""
-  devices = mesh.devices.size
-  out, ok = [], []
-  pad_to = functools.partial(bucket_size, multiple=devices)
-  for start, n, batch in parallel.padded_batches((probs, images), chunk, mesh=mesh, pad_to=pad_to):
-    key = jax.random.key(seed)  # rows draw their own start from it (space.row_keys)
-    defended, loss = crafter.craft_fn(*batch, key, params=crafter.params,
-                                      target_grad=crafter.target_grad)
-    out.append(np.asarray(defended)[:n])
-    ok.append(np.isfinite(np.asarray(loss)[:n]))
-  return np.concatenate(out), np.concatenate(ok)

@@ -17,7 +17,11 @@ A cell is named by its defense and the fields where its config differs from the 
 (`group_key`), and its full config is saved beside its rows. A saved cell is reused when that
 config, completed with today's defaults for fields added since (as `run_config.load` does), equals
 the cell's config now: adding a config field keeps every measured cell, and changing a default, the
-base config or an override measures the cell again (with a warning naming the fields).
+base config or an override measures the cell again (with a warning naming the fields). A cell
+under the seed's own config (no effective override: what `launch.serve` serves) also leaves its
+defense's serving artefact in `<workdir>/serving/` (`defenses.artefact`): written when the cell is
+measured, or, for a cell measured before artefacts existed, by fitting the defense again from its
+finished stages.
 
 With several JAX processes every process measures every cell (training and crafting are
 collective); process 0 alone writes the cell files (`runtime.files`), and all of them read the rows
@@ -31,6 +35,7 @@ import os
 import numpy as np
 from absl import logging
 
+from mip_jax.defenses import artefact
 from mip_jax.protocol import experiment, run_config
 from mip_jax.runtime import checkpoints, files
 from mip_jax.studies import aggregate
@@ -158,6 +163,10 @@ class Runner:
                       key, '; '.join(diff[:3]) + (' ...' if len(diff) > 3 else ''))
     return not diff
 
+  def _serves(self, config) -> bool:
+    """Whether a cell's config is the seed's own (no effective override): the one served."""
+    return not run_config.differences(_plain(self.config), _plain(config), ignored=PLACES)
+
   def measured(self, cell: Cell) -> bool:
     """Whether `cell`'s row is saved and current (nothing to measure)."""
     key = self.key(cell)
@@ -175,6 +184,9 @@ class Runner:
     for key, (cell, attackers) in groups.items():
       setup = self.cell_setup(cell.overrides)
       attackers = list(dict.fromkeys(attackers))
+      # The workdir's own config is what launch.serve serves: its defenses leave an artefact.
+      export = self._serves(setup.config) and not artefact.exists(self.workdir, cell.defense,
+                                                                   setup.config)
       if self._current(key, setup.config):
         todo = [a for a in attackers if not os.path.exists(self._paths(key, a)[0])]
       else:  # never measured, or measured under another config: none of its rows count
@@ -182,9 +194,11 @@ class Runner:
         self._forget(key)
         files.write_json(self._config_path(key), _plain(setup.config))
       if not todo:
+        if export:  # measured before artefacts were written: fit (loading its stages) only
+          experiment.export_defense(setup, cell.defense)
         continue
       logging.info('cell %s %s: attackers %s', cell.defense, dict(cell.overrides), todo)
-      results = experiment.evaluate_defense(setup, cell.defense, attackers=todo)
+      results = experiment.evaluate_defense(setup, cell.defense, attackers=todo, export=export)
       for attacker, (row, recon) in zip(todo, results):
         path, npz = self._paths(key, attacker)
         files.write_npz(npz, {'recon': recon[self.figure_idx]})
