@@ -12,7 +12,8 @@ import pytest
 
 from mip_jax import defenses
 from mip_jax.defenses import lfp
-from mip_jax.protocol import experiment, metrics, rules, validation
+from configs import digits
+from mip_jax.protocol import metrics, rules, validation
 from mip_jax.runtime import train
 
 N, M = 40, 5
