@@ -103,10 +103,12 @@ def test_two_process_run_writes_each_file_once_and_restores_its_checkpoints(tmp_
   assert strip(writers[1]['rows']) == strip(writers[0]['rows'])  # both processes saw the same
 
   # Again, in load-only mode: the classifiers come from their checkpoints (no training, no
-  # checkpoint written), every cell from its file (nothing measured, no cell rewritten); process 0
-  # rewrites the results, process 1 nothing.
+  # checkpoint written), every cell from its file (nothing measured, no cell rewritten, no serving
+  # artefact re-exported: those are written with the cell that crafts them); process 0 rewrites the
+  # results, process 1 nothing.
   run_processes('reload', tmp_path, processes=2, devices=2, cache_dir=cache)
-  rewritten = [w for w in results if not w.startswith(('perturbations', 'cells'))]
+  assert [f for f in files if f.startswith('serving')]  # each defense's artefact, from the cell
+  rewritten = [w for w in results if not w.startswith(('perturbations', 'cells', 'serving'))]
   for i in range(2):
     again = json.load(open(tmp_path / f'reload_{i}.json'))
     assert again['writes'] == (rewritten if i == 0 else [])
