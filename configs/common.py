@@ -327,12 +327,28 @@ def make_front(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 FRONT_SUITE = ('prob', 'softmax', 'topk@1', 'temp@2.0', 'drop', 'none:defended', 'label:defended',
                'topk@2:defended', 'rank:defended')
 
-VARIANTS = {'tiny': make_tiny, 'attributed': make_attributed, 'front': make_front}
+def make_removal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Issue 20's question on any dataset: how close to the `label` floor does removing what a served
+  vector carries beyond its label come, and at what distortion on each axis? Top-1 truncation and
+  the tail floor at 0.05 and 0.2 (the top entry then carries nothing but the label for nearly every
+  in-distribution vector), Adaptive Misinformation's gate at 0.7, the `random` control at 0.01 and
+  0.05; the dataset's suite plus `drop` (the attacker a gate has to survive)."""
+  c.frontier.families = ('none', 'random', 'topk', 'tailfloor', 'am')
+  c.frontier.knobs = {'random': (0.01, 0.05), 'topk': (1,), 'tailfloor': (0.05, 0.2),
+                      'am': (0.7,)}
+  if 'drop' not in c.frontier.suite:
+    c.frontier.suite = tuple(c.frontier.suite) + ('drop',)
+  return c
+
+
+VARIANTS = {'tiny': make_tiny, 'attributed': make_attributed, 'front': make_front,
+            'removal': make_removal}
 
 
 def variant(c: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
   """Applies the `:arg` variants of a config file, comma-separated: '' (paper scale), 'tiny',
-  'attributed', 'front' (the frontier's decided budgets), or several ('tiny,attributed')."""
+  'attributed', 'front' (the frontier's decided budgets), 'removal' (issue 20's information-removal
+  frontier), or several ('tiny,attributed')."""
   for name in filter(None, arg.split(',')):
     if name not in VARIANTS:
       raise ValueError(f'unknown config variant {name!r}; known: "" (default), '

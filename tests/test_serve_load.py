@@ -68,3 +68,19 @@ def test_concurrent_load_never_fails_and_memory_stays_flat(workdir, data_dir, cl
           f'{[round(r / 2**20) for r in rss]}')
     assert rss[-1] - rss[0] < RSS_GROWTH_LIMIT, rss
     assert server.process.poll() is None  # still serving
+
+
+def test_serving_throughput_reports_each_path_and_fails_loudly(workdir, data_dir):
+  """launch.benchmark --serving_defenses: a figure per path for each defense (served answers
+  checked by Defender on the way); a defense that was not fitted in the workdir is an error naming
+  it, not a row of zeros."""
+  from mip_jax.studies import benchmarking
+  config = tiny_serving_config(data_dir)
+  out = benchmarking.serving_throughput(workdir, config, ['none'], batch_size=8, repeats=2,
+                                        http_requests=2)
+  assert out['serving_batch_size'] == 8
+  assert set(out['none']) == {'defend_vectors_per_s', 'defender_vectors_per_s',
+                              'http_vectors_per_s'}
+  assert all(np.isfinite(v) and v > 0 for v in out['none'].values())
+  with pytest.raises(FileNotFoundError, match='topk'):  # not in SERVED
+    benchmarking.serving_throughput(workdir, config, ['topk'], batch_size=8, repeats=1)

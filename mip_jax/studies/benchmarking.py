@@ -249,6 +249,51 @@ def serving_latency(config, *, batch_sizes=(1, 256), repeats: int = 10,
   return out
 
 
+# ---------------------------------------------------------------- serving throughput (issue 20)
+
+def serving_throughput(workdir: str, config, defenses, *, batch_size: int = 256, repeats: int = 10,
+                       http_requests: int = 20) -> dict:
+  """Vectors/s of each defense served from a trained workdir at `batch_size`, three ways:
+
+    defend: `Defender.defend` on clean vectors (the defense's own work, validation included);
+    defender: `Defender.__call__` on images (classifier forward pass + defense, what a Python
+      caller of the library gets);
+    http: `launch.serve` on loopback, one keep-alive client sending POST /defend bodies of
+      `batch_size` images (JSON parsing and encoding included), `http_requests` requests after a
+      warm-up.
+
+  Each is the median of `repeats` timed calls (http: requests / wall time), so figures of one run
+  compare; pin the process to one core (`taskset -c 0`) for per-core figures.
+
+  Returns:
+    {defense: {'defend_vectors_per_s', 'defender_vectors_per_s', 'http_vectors_per_s'}, and
+     'serving_batch_size'}.
+  """
+  import json as json_lib
+  from mip_jax.serving import loadgen
+  from mip_jax.serving.defender import Defender
+  rng = np.random.default_rng(0)
+  out = {'serving_batch_size': batch_size}
+  for name in defenses:
+    defender = Defender.from_workdir(workdir, config, name)
+    images = rng.uniform(size=(batch_size, *defender.image_shape)).astype(np.float32)
+    clean = defender.classify(images)
+    given = images if defender.needs_images else None
+    ms = _interleaved_median_ms({'defend': lambda: defender.defend(clean, given),
+                                 'defender': lambda: defender(images)}, repeats=repeats)
+    with loadgen.serve_process([f'--workdir={workdir}'], name) as server:
+      bodies = [json_lib.dumps({'images': images.tolist()}).encode()]
+      loadgen.load(server.url, bodies, clients=1, requests=2, max_seconds=600)  # compiles
+      stats = loadgen.load(server.url, bodies, clients=1, requests=http_requests, max_seconds=600)
+    if stats['failed']:
+      raise RuntimeError(f'{name}: {stats["failed"]} of {stats["requests"]} HTTP requests failed: '
+                         f'{stats["errors"]}')
+    out[name] = {'defend_vectors_per_s': 1000 * batch_size / ms['defend_ms'],
+                 'defender_vectors_per_s': 1000 * batch_size / ms['defender_ms'],
+                 'http_vectors_per_s': stats['requests_per_s'] * batch_size}
+  return out
+
+
 # ---------------------------------------------------------------- crafting scaling over devices
 
 def device_counts(available: int) -> list[int]:
