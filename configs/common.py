@@ -180,6 +180,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.tailfloor.floor = ml_collections.config_dict.placeholder(float)  # ... this one (None: fitted)
   c.tailfloor.fill = 'floor'            # 'floor' (that value) or 'noise' (log-uniform per row) ...
   c.tailfloor.low = 1e-10               # ... on [low, threshold]
+  c.template = ml_collections.ConfigDict()  # defenses/template.py
+  c.template.confidence = 0.9           # vectors whose top probability reaches it are served ...
+  c.template.floor = ml_collections.config_dict.placeholder(float)  # ... their label's template
+  #                                       (floor off the label; None: fitted on the private tails)
   c.poi_mse = ml_collections.ConfigDict()
   c.poi_mse.distance = 'mse'            # overrides of c.lpa for the Poi_MSE ablation (Table VII)
   # The `random` control: LPA's start (c.lpa.space, c.lpa.eps, its feasible map) and no optimisation.
@@ -329,13 +333,14 @@ FRONT_SUITE = ('prob', 'softmax', 'topk@1', 'temp@2.0', 'drop', 'none:defended',
 
 def make_removal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Issue 20's question on any dataset: how close to the `label` floor does removing what a served
-  vector carries beyond its label come, and at what distortion on each axis? Top-1 truncation and
-  the tail floor at 0.05 and 0.2 (the top entry then carries nothing but the label for nearly every
-  in-distribution vector), Adaptive Misinformation's gate at 0.7, the `random` control at 0.01 and
-  0.05; the dataset's suite plus `drop` (the attacker a gate has to survive)."""
-  c.frontier.families = ('none', 'random', 'topk', 'tailfloor', 'am')
+  vector carries beyond its label come, and at what distortion on each axis? Top-1 truncation, the
+  tail floor at 0.05 and 0.2 (the top entry then carries nothing but the label for nearly every
+  in-distribution vector), the confidence template at 0.5, 0.9 and 0.99, Adaptive Misinformation's
+  gate at 0.7, the `random` control at 0.01 and 0.05; the dataset's suite plus `drop` (the attacker
+  a gate has to survive)."""
+  c.frontier.families = ('none', 'random', 'topk', 'tailfloor', 'am', 'template')
   c.frontier.knobs = {'random': (0.01, 0.05), 'topk': (1,), 'tailfloor': (0.05, 0.2),
-                      'am': (0.7,)}
+                      'am': (0.7,), 'template': (0.5, 0.9, 0.99)}
   if 'drop' not in c.frontier.suite:
     c.frontier.suite = tuple(c.frontier.suite) + ('drop',)
   return c

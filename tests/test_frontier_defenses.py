@@ -1,5 +1,5 @@
-"""The defenses the frontier adds: tailfloor, grad2 (GRAD²-style redirection), am (Adaptive
-Misinformation). Invariants (probability vectors, labels, budgets), the information each removes,
+"""The defenses the frontier adds: tailfloor, template (confidence template), grad2 (GRAD²-style
+redirection), am (Adaptive Misinformation). Invariants (probability vectors, labels, budgets), the information each removes,
 and the math against a reference."""
 
 import jax
@@ -10,7 +10,7 @@ from scipy import optimize
 
 from mip_jax import defenses
 from mip_jax.attacks import suite
-from mip_jax.defenses import grad2, misinformation, tailfloor
+from mip_jax.defenses import grad2, misinformation, tailfloor, template
 from mip_jax.protocol import metrics
 
 from tests.test_defenses import hand_made_probs, query_images, setup, with_config  # noqa: F401
@@ -100,6 +100,50 @@ def test_tailfloor_fits_its_floor_to_the_private_tails_and_checks_its_config(set
       tailfloor.fit(with_config(setup, tailfloor=fields))
 
 
+def test_template_serves_confident_vectors_their_labels_template_and_the_rest_unchanged(
+    setup):  # noqa: F811
+  state = template.fit(with_config(setup, template={'confidence': 0.9, 'floor': None}))
+  assert state['floor'] == pytest.approx(tailfloor.fitted_floor(setup.clean['private_train']))
+  p = tail_probs(400)
+  p[0] = [1.0, 0, 0, 0, 0]  # a classifier's own exact zeros
+  out = template.apply(state, p)
+  metrics.check_probability_vectors(out, atol=1e-5)
+  assert metrics.label_flip_rate(out, p) == 0.0 and out.min() > 0
+  confident = p.max(1) >= 0.9
+  assert 0 < confident.sum() < len(p)  # both kinds of row are tested
+  np.testing.assert_array_equal(out[~confident], p[~confident])
+  f, m = state['floor'], p.shape[1]
+  expected = np.full((confident.sum(), m), f)
+  expected[np.arange(confident.sum()), p[confident].argmax(1)] = 1 - (m - 1) * f
+  np.testing.assert_allclose(out[confident], expected, rtol=1e-5)
+  # A confident vector moves by at most about its non-top mass (and the floors it gets).
+  moved = np.abs(out - p).sum(1)
+  assert (moved <= 2 * (1 - p.max(1)) + 2 * (m - 1) * f + 1e-5).all()
+  np.testing.assert_array_equal(template.looks_defended(state, out), confident)
+
+
+def test_template_vectors_of_confident_rows_depend_on_the_label_alone(setup):  # noqa: F811
+  """The removed information is gone: two confident vectors of one label, however their top value
+  and tail differ, are served the same vector, so no attacker of the suite (label, rank, topk@k,
+  floor, ...) can tell them apart."""
+  state = template.fit(with_config(setup, template={'confidence': 0.99, 'floor': 1e-5}))
+  a = np.array([[1e-3, 0.995, 2e-3, 1e-3, 1e-3], [2e-3, 3e-4, 5e-3, 2.7e-3, 0.99]], np.float32)
+  b = np.array([[1e-9, 0.9999999, 1e-8, 1e-8, 7e-8], [1e-6, 1e-7, 1e-8, 1e-9, 0.9999989]],
+               np.float32)
+  served_a, served_b = template.apply(state, a), template.apply(state, b)
+  np.testing.assert_array_equal(served_a, served_b)
+  for name in ('floor', 'rank', 'topk@2', 'prob', 'softmax'):
+    attacker = suite.parse(name)
+    np.testing.assert_array_equal(attacker.receive(served_a), attacker.receive(served_b))
+
+
+def test_template_checks_its_config(setup):  # noqa: F811
+  for fields, match in (({'confidence': 0.0}, 'confidence'), ({'confidence': 1.0}, 'confidence'),
+                        ({'floor': 0.3}, 'floor'), ({'floor': -1e-3}, 'floor')):
+    with pytest.raises(ValueError, match=match):
+      template.fit(with_config(setup, template=fields))
+
+
 def linprog_best(c, s, eps):
   """max s . x on the simplex with ||x - c||_1 <= eps (variables x, and t >= |x - c|)."""
   m = len(c)
@@ -182,7 +226,7 @@ def test_am_misinforms_exactly_the_queries_below_its_threshold(setup):  # noqa: 
 
 
 def test_the_registry_knows_them():
-  for name in ('tailfloor', 'grad2', 'am'):
+  for name in ('tailfloor', 'template', 'grad2', 'am'):
     assert defenses.get(name) is not None
-  assert defenses.get('tailfloor').LABEL_PRESERVING and defenses.get('grad2').LABEL_PRESERVING
+  assert all(defenses.get(name).LABEL_PRESERVING for name in ('tailfloor', 'template', 'grad2'))
   assert not getattr(defenses.get('am'), 'LABEL_PRESERVING', False)

@@ -128,6 +128,8 @@ def default_grid(config) -> dict:
                                                                 for x in (1e-3, 0.01, 0.05, 0.2)]),
       'tailfloor:noise': ('tailfloor', (('tailfloor.fill', 'noise'),),
                           [{'tailfloor.threshold': x} for x in (1e-4, 1e-3, 0.01, 0.05, 0.2)]),
+      'template': ('template', (), [{'template.confidence': x}
+                                    for x in (0.5, 0.9, 0.99, 0.999)]),
       'lfp': ('lfp', (), [{'lfp.budget': x} for x in (0.05, 0.2)]),
       'vae': ('vae', (), [{'vae.eps': x} for x in (0.01, 0.05)]),
       'mid': ('mid', (), [{'mid.beta': x} for x in (0.001, 0.01, 0.1)]),
