@@ -334,12 +334,12 @@ FRONT_SUITE = ('prob', 'softmax', 'topk@1', 'temp@2.0', 'drop', 'none:defended',
 def make_removal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Issue 20's question on any dataset: how close to the `label` floor does removing what a served
   vector carries beyond its label come, and at what distortion on each axis? Top-1 truncation, the
-  tail floor at 0.05 and 0.2 (the top entry then carries nothing but the label for nearly every
+  tail floor at 0.05, 0.1 and 0.2 (the top entry then carries nothing but the label for nearly every
   in-distribution vector), the confidence template at 0.5, 0.9 and 0.99, Adaptive Misinformation's
   gate at 0.7, the `random` control at 0.01 and 0.05; the dataset's suite plus `drop` (the attacker
   a gate has to survive)."""
   c.frontier.families = ('none', 'random', 'topk', 'tailfloor', 'am', 'template')
-  c.frontier.knobs = {'random': (0.01, 0.05), 'topk': (1,), 'tailfloor': (0.05, 0.2),
+  c.frontier.knobs = {'random': (0.01, 0.05), 'topk': (1,), 'tailfloor': (0.05, 0.1, 0.2),
                       'am': (0.7,), 'template': (0.5, 0.9, 0.99)}
   if 'drop' not in c.frontier.suite:
     c.frontier.suite = tuple(c.frontier.suite) + ('drop',)

@@ -125,7 +125,7 @@ def default_grid(config) -> dict:
                            [{'grad2.eps': x} for x in (0.01, 0.03, 0.1)]),
       'am': ('am', (), [{'am.threshold': x} for x in (0.7, 0.9, 0.99)]),
       'tailfloor': ('tailfloor', (('tailfloor.fill', 'floor'),), [{'tailfloor.threshold': x}
-                                                                for x in (1e-3, 0.01, 0.05, 0.2)]),
+                                                                for x in (1e-3, 0.01, 0.05, 0.1, 0.2)]),
       'tailfloor:noise': ('tailfloor', (('tailfloor.fill', 'noise'),),
                           [{'tailfloor.threshold': x} for x in (1e-4, 1e-3, 0.01, 0.05, 0.2)]),
       'template': ('template', (), [{'template.confidence': x}
