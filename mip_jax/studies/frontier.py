@@ -416,11 +416,14 @@ def _floor_stats(rows, measure: Measure) -> dict | None:
 
 # ---------------------------------------------------------------- is the attacker converged?
 
-def convergence(config, workdir: str, *, seeds, epochs=(5, 10, 20, 40, 80, 160), mesh=None) -> dict:
+def convergence(config, workdir: str, *, seeds, epochs=None, mesh=None) -> dict:
   """The undefended `floor` and `label` attackers trained for a fixed number of epochs each, next
   to the early-stopped one the frontier uses: attack accuracy and reconstruction error against
-  epochs, so a reader sees whether the frontier's attackers are converged. Writes
+  epochs, so a reader sees whether the frontier's attackers are converged. `epochs` defaults to
+  5, 10, 20, ... up to the frontier's own limit (config.frontier.max_epochs). Writes
   convergence.md / .json / .png in workdir (cells shared with the frontier's seeds)."""
+  if epochs is None:
+    epochs = [e for e in (5, 10, 20, 40, 80, 160, 320) if e <= config.frontier.max_epochs]
   fixed = lambda e: (('attack.patience', None), ('decoder.epochs', int(e)),
                      ('substitute.epochs', int(training_overrides(config)[2][1])))
   rows = [({'epochs': int(e), 'attacker': a}, engine.Cell(UNDEFENDED, fixed(e), a))
