@@ -5,6 +5,7 @@ for bad requests and serving on after each, concurrent clients, and `python -m l
 process. All traffic goes to 127.0.0.1; every loop is bounded.
 """
 
+import io
 import json
 import os
 import subprocess
@@ -52,10 +53,11 @@ def server(defender):
   sock.close()
 
 
-def request(url: str, body: bytes | None = None, timeout: float = 60) -> tuple[int, dict]:
-  """(status, JSON body) of a GET (body None) or a JSON POST; HTTP errors are returned, not raised."""
+def request(url: str, body: bytes | None = None, timeout: float = 60,
+            content_type: str = 'application/json') -> tuple[int, dict]:
+  """(status, JSON body) of a GET (body None) or a POST; HTTP errors are returned, not raised."""
   req = urllib.request.Request(url, data=body, method='GET' if body is None else 'POST',
-                               headers={'content-type': 'application/json'})
+                               headers={'content-type': content_type})
   try:
     with urllib.request.urlopen(req, timeout=timeout) as r:
       return r.status, json.loads(r.read())
@@ -83,6 +85,12 @@ def wait_healthy(url: str, *, timeout: float) -> dict:
 
 def images_body(images) -> bytes:
   return json.dumps({'images': np.asarray(images).tolist()}).encode()
+
+
+def npy_body(images) -> bytes:
+  buffer = io.BytesIO()
+  np.save(buffer, images)
+  return buffer.getvalue()
 
 
 def batch(n: int, seed: int) -> np.ndarray:
@@ -138,6 +146,35 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_serves_on(server, de
   got, doc = request(server + '/defend', images_body(images))
   assert got == 200
   np.testing.assert_allclose(np.asarray(doc['defended']), defender(images), atol=1e-7)
+
+
+def test_an_npy_batch_is_the_same_request_as_its_json(server, defender):
+  images = batch(5, 3)
+  _, from_json = request(server + '/defend', images_body(images))
+  for sent in (images, images[..., 0], images.astype(np.float64)):
+    status, doc = request(server + '/defend', npy_body(sent), content_type=serving.NPY)
+    assert status == 200 and doc == from_json
+
+
+NPY_BAD_REQUESTS = [
+    ('not npy', b'{"images": []}', 400, 'malformed .npy'),
+    ('truncated', npy_body(batch(2, 0))[:-7], 400, 'malformed .npy'),
+    ('pickled objects', npy_body(np.array([{'a': 1}], dtype=object)), 400, 'malformed .npy'),
+    ('wrong shape', npy_body(np.zeros((2, 8, 8, 1), np.float32)), 422, 'must have shape'),
+    ('booleans', npy_body(np.zeros((1, 16, 16, 1), bool)), 422, 'real numbers'),
+    ('NaN', npy_body(np.full((1, 16, 16, 1), np.nan, np.float32)), 422, 'NaN'),
+    ('out of range', npy_body(np.full((1, 16, 16, 1), 2.0, np.float32)), 422, '[0, 1]'),
+    ('oversized batch', npy_body(np.zeros((MAX_BATCH + 1, 16, 16, 1), np.float32)), 413,
+     'at most 8 images'),
+]
+
+
+@pytest.mark.parametrize('name,body,status,message', NPY_BAD_REQUESTS,
+                         ids=[b[0] for b in NPY_BAD_REQUESTS])
+def test_bad_npy_requests_get_4xx_with_a_message(server, name, body, status, message):
+  got, doc = request(server + '/defend', body, content_type=serving.NPY)
+  assert got == status, (name, doc)
+  assert message in doc['detail'], doc['detail']
 
 
 def test_concurrent_clients_get_their_own_results(server, defender):

@@ -80,7 +80,7 @@ def test_serving_throughput_reports_each_path_and_fails_loudly(workdir, data_dir
                                         http_requests=2)
   assert out['serving_batch_size'] == 8
   assert set(out['none']) == {'defend_vectors_per_s', 'defender_vectors_per_s',
-                              'http_vectors_per_s'}
+                              'http_json_vectors_per_s', 'http_npy_vectors_per_s'}
   assert all(np.isfinite(v) and v > 0 for v in out['none'].values())
   with pytest.raises(FileNotFoundError, match='topk'):  # not in SERVED
     benchmarking.serving_throughput(workdir, config, ['topk'], batch_size=8, repeats=1)

@@ -32,7 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def load(url: str, bodies: list[bytes], *, clients: int, requests: int, max_seconds: float,
-         check: Callable[[int, dict], None] | None = None, timeout: float = 120) -> dict:
+         check: Callable[[int, dict], None] | None = None, timeout: float = 120,
+         content_type: str = 'application/json') -> dict:
   """Sends `requests` POST /defend requests from `clients` threads; returns the figures.
 
   Args:
@@ -43,6 +44,7 @@ def load(url: str, bodies: list[bytes], *, clients: int, requests: int, max_seco
     max_seconds: wall-clock bound of the whole test.
     check: `check(body_index, answer)` raises when a 200 answer is wrong (a failed request).
     timeout: socket timeout of one request.
+    content_type: of the bodies: JSON, or `server.NPY` for .npy batches.
 
   Returns:
     {'requests', 'failed', 'errors' (first 5 messages), 'clients', 'wall_s', 'requests_per_s',
@@ -66,7 +68,7 @@ def load(url: str, bodies: list[bytes], *, clients: int, requests: int, max_seco
         start = time.perf_counter()
         try:
           conn.request('POST', '/defend', body=bodies[k],
-                       headers={'content-type': 'application/json'})
+                       headers={'content-type': content_type})
           response = conn.getresponse()
           text = response.read()
           elapsed = time.perf_counter() - start

@@ -258,19 +258,20 @@ def serving_throughput(workdir: str, config, defenses, *, batch_size: int = 256,
     defend: `Defender.defend` on clean vectors (the defense's own work, validation included);
     defender: `Defender.__call__` on images (classifier forward pass + defense, what a Python
       caller of the library gets);
-    http: `launch.serve` on loopback, one keep-alive client sending POST /defend bodies of
-      `batch_size` images (JSON parsing and encoding included), `http_requests` requests after a
-      warm-up.
+    http_json, http_npy: `launch.serve` on loopback, one keep-alive client sending POST /defend
+      bodies of `batch_size` images as JSON or as one .npy file (parsing and the JSON answer
+      included), `http_requests` requests after a warm-up.
 
   Each is the median of `repeats` timed calls (http: requests / wall time), so figures of one run
   compare; pin the process to one core (`taskset -c 0`) for per-core figures.
 
   Returns:
-    {defense: {'defend_vectors_per_s', 'defender_vectors_per_s', 'http_vectors_per_s'}, and
-     'serving_batch_size'}.
+    {defense: {'defend_vectors_per_s', 'defender_vectors_per_s', 'http_json_vectors_per_s',
+     'http_npy_vectors_per_s'}, and 'serving_batch_size'}.
   """
+  import io
   import json as json_lib
-  from mip_jax.serving import loadgen
+  from mip_jax.serving import loadgen, server as http_server
   from mip_jax.serving.defender import Defender
   rng = np.random.default_rng(0)
   out = {'serving_batch_size': batch_size}
@@ -281,16 +282,22 @@ def serving_throughput(workdir: str, config, defenses, *, batch_size: int = 256,
     given = images if defender.needs_images else None
     ms = _interleaved_median_ms({'defend': lambda: defender.defend(clean, given),
                                  'defender': lambda: defender(images)}, repeats=repeats)
-    with loadgen.serve_process([f'--workdir={workdir}'], name) as server:
-      bodies = [json_lib.dumps({'images': images.tolist()}).encode()]
-      loadgen.load(server.url, bodies, clients=1, requests=2, max_seconds=600)  # compiles
-      stats = loadgen.load(server.url, bodies, clients=1, requests=http_requests, max_seconds=600)
-    if stats['failed']:
-      raise RuntimeError(f'{name}: {stats["failed"]} of {stats["requests"]} HTTP requests failed: '
-                         f'{stats["errors"]}')
+    npy = io.BytesIO()
+    np.save(npy, images)
+    bodies = {'json': (json_lib.dumps({'images': images.tolist()}).encode(), 'application/json'),
+              'npy': (npy.getvalue(), http_server.NPY)}
     out[name] = {'defend_vectors_per_s': 1000 * batch_size / ms['defend_ms'],
-                 'defender_vectors_per_s': 1000 * batch_size / ms['defender_ms'],
-                 'http_vectors_per_s': stats['requests_per_s'] * batch_size}
+                 'defender_vectors_per_s': 1000 * batch_size / ms['defender_ms']}
+    with loadgen.serve_process([f'--workdir={workdir}'], name) as served:
+      for form, (body, content_type) in bodies.items():
+        call = functools.partial(loadgen.load, served.url, [body], clients=1, max_seconds=600,
+                                 content_type=content_type)
+        call(requests=2)  # compiles
+        stats = call(requests=http_requests)
+        if stats['failed']:
+          raise RuntimeError(f'{name}: {stats["failed"]} of {stats["requests"]} HTTP requests '
+                             f'({form}) failed: {stats["errors"]}')
+        out[name][f'http_{form}_vectors_per_s'] = stats['requests_per_s'] * batch_size
   return out
 
 
