@@ -21,7 +21,7 @@ from mip_jax.serving.defender import DefenseError, Defender
 # whole batch, tailfloor with its fitted floor, random), arrays (vae's generator, the purifier,
 # pgd's and grad2's substitute, lpa's substitute and target gradient) and a retrained classifier
 # (mid).
-SERVED = ('none', 'onepara', 'tailfloor', 'random', 'vae', 'lpa', 'purification', 'pgd', 'grad2',
+SERVED = ('none', 'onepara', 'tailfloor', 'template', 'random', 'vae', 'lpa', 'purification', 'pgd', 'grad2',
           'mid')
 
 
