@@ -52,9 +52,10 @@ def get_config(arg: str = ''):
   c = common.make_front(c)
   c.frontier.knobs = {'random': (0.002, 0.01, 0.05), 'lpa': (0.002, 0.01), 'rounding': (3,),
                       'tailfloor:noise': (0.001, 0.01), 'topk': (4,), 'noise': (0.01,),
-                      'grad2': (0.03,), 'am': (0.9,)}
-  c.frontier.families = ('none', 'random', 'lpa', 'tailfloor:noise', 'rounding', 'topk', 'am',
-                         'grad2', 'noise')  # in the order they are measured
+                      'grad2': (0.03,), 'am': (0.9,), 'tailfloor': (0.05, 0.1)}
+  # `tailfloor` (floor fill) leads from 0.02 on (`:removal`, docs/results/frontier/mnist5k_removal).
+  c.frontier.families = ('none', 'random', 'lpa', 'tailfloor', 'tailfloor:noise', 'rounding',
+                         'topk', 'am', 'grad2', 'noise')  # in the order they are measured
   c.frontier.cheap = ('floor', 'label', 'rank')
   c.frontier.suite = ('prob', 'none', 'floor:defended', 'label:defended', 'rank:defended')
   c.frontier.patience = 5
