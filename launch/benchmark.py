@@ -23,6 +23,7 @@ import os
 from absl import app, flags
 
 from launch import common
+from mip_jax.runtime import console
 from mip_jax.studies import benchmarking, report
 
 JSON_OUT = flags.DEFINE_string('json_out', None, 'Where to write the figures as JSON.')
@@ -39,6 +40,10 @@ LPA_REPEATS = flags.DEFINE_integer('lpa_repeats', 2, 'Timed LPA online crafting 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if common.WORKDIR.value:  # library records to <workdir>/log.txt, not the terminal
+    console.say('log: %s', console.to_workdir(common.WORKDIR.value))
+  else:
+    console.to_terminal()
   common.log_devices()
   config = common.trained_config()
   result = benchmarking.run(config, repeats=REPEATS.value)

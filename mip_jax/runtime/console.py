@@ -62,12 +62,18 @@ def to_workdir(workdir: str) -> str:
     to_file = py_logging.FileHandler(path)
     to_file.setFormatter(logging.PythonFormatter())
     root.addHandler(to_file)
+  to_terminal()
+  return path
+
+
+def to_terminal() -> None:
+  """Lets only `say` lines and warnings reach the terminal (everything with --verbosity); the other
+  records go where `to_workdir` sends them, or nowhere (a launcher with no workdir). Idempotent."""
   absl_handler = logging.get_absl_handler()
   if _verbose_requested() or any(isinstance(f, _TerminalFilter) for f in absl_handler.filters):
-    return path
+    return
   absl_handler.addFilter(_TerminalFilter())
   terminal = py_logging.StreamHandler(sys.stderr)
   terminal.addFilter(_SayFilter())
   terminal.setFormatter(py_logging.Formatter('%(message)s'))
-  root.addHandler(terminal)
-  return path
+  py_logging.getLogger().addHandler(terminal)
