@@ -29,9 +29,10 @@ PORT = flags.DEFINE_integer('port', 8000, 'TCP port; 0 picks a free one.')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from mip_jax.runtime import checkpoints, train
+  from mip_jax.runtime import checkpoints, console, train
   from mip_jax.serving import server as serving  # noqa: late import keeps `--help` fast
   from mip_jax.serving.defender import Defender
+  console.to_terminal()  # the served address and warnings, not Orbax's records of the restore
   common.log_devices()
   config = common.trained_config()
   try:

@@ -33,8 +33,10 @@ JSON_OUT = flags.DEFINE_string('json_out', None, 'Where to write the figures as 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from mip_jax.runtime import console
   from mip_jax.serving import loadgen  # noqa: late import keeps `--help` fast
   from mip_jax.serving.defender import Defender
+  console.to_terminal()  # the table and warnings, not Orbax's records of the restore
   config = common.CONFIG.value
   workdir = common.workdir_for(config)
   classifier = Defender.from_workdir(workdir, config, 'none')  # clean vectors for the checks
