@@ -112,3 +112,7 @@ def test_drop_trains_on_the_vectors_that_do_not_look_defended():
   assert suite.parse('drop').keep(p, object(), None).all()
   # Everything looks defended: nothing to drop for, it trains on all of them.
   assert suite.parse('drop').keep(np.full((3, 2), 0.5), _Gate, None).all()
+  # Fewer served clean than a batch (6 < 7): too few to learn from alone, it trains on all; at
+  # exactly the minimum it drops.
+  assert suite.parse('drop').keep(p, _Gate, None, min_kept=7).all()
+  np.testing.assert_array_equal(suite.parse('drop').keep(p, _Gate, None, min_kept=6), keep)

@@ -180,7 +180,7 @@ def evaluate_defense(setup: Setup, name: str, *, attackers=None,
     receive = lambda p: attacker.receive(p, noise_std=config.attack.adaptive_noise_std,
                                          seed=config.seed)
     received = receive(defended_queries)
-    keep = attacker.keep(received, module, state)
+    keep = attacker.keep(received, module, state, min_kept=config.decoder.batch_size)
     # Steps 5-6: the attacker trains a fresh model on (received vector, query image) pairs.
     z = attacker.inputs(received, config.attack)
     z_private = attacker.inputs(receive(source(attacker.defended)), config.attack)
