@@ -3,6 +3,8 @@
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -32,6 +34,33 @@ def digits_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp('tfds_digits'))
   digits.prepared_builder(data_dir)
   return data_dir
+
+
+_BUILD_TOGETHER = """
+import sys, time
+from mip_jax.data import digits, tfds_source
+built = tfds_source._build_offline
+def counted(*args):
+  print('BUILT', flush=True)
+  built(*args)
+tfds_source._build_offline = counted
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))   # start together
+print('RECORDS', digits.prepared_builder(sys.argv[1]).info.splits['train'].num_examples)
+"""
+
+
+def test_processes_that_start_together_build_the_dataset_once(tmp_path):
+  """Two launchers' first use on a fresh machine: one builds, the others wait and read it (TFDS's
+  rename of its temporary folder failed in the second builder with FileExistsError)."""
+  start = time.time() + 8.0              # after every interpreter has imported TFDS
+  procs = [subprocess.Popen([sys.executable, '-c', _BUILD_TOGETHER, str(tmp_path), str(start)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(3)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+  stdout = ''.join(out for out, _ in outs)
+  assert stdout.count('BUILT') == 1
+  assert stdout.count('RECORDS 1797') == 3, stdout
 
 
 def _digits_config(data_dir, **overrides):

@@ -59,7 +59,4 @@ def resize_digit(image: np.ndarray) -> np.ndarray:
 
 def prepared_builder(data_dir: str | None) -> MipDigits:
   """Returns the `mip_digits` builder, building it into data_dir if needed."""
-  builder = MipDigits(data_dir=data_dir)
-  if not builder.is_prepared():
-    tfds_source.build_offline(builder, "scikit-learn's wheel")
-  return builder
+  return tfds_source.prepared_offline(lambda: MipDigits(data_dir=data_dir), "scikit-learn's wheel")

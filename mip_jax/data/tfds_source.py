@@ -14,6 +14,7 @@ there, raise `DatasetNotFoundError` at once with instructions.
 
 import contextlib
 import dataclasses
+import fcntl
 import io
 import os
 from typing import Any, Callable, Sequence
@@ -93,11 +94,34 @@ def open_public(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   return builder
 
 
-def build_offline(builder: tfds.core.DatasetBuilder, source: str) -> None:
-  """Builds one of our offline datasets (data in an installed wheel) as array_record, once.
+def prepared_offline(make_builder: Callable[[], tfds.core.DatasetBuilder],
+                     source: str) -> tfds.core.DatasetBuilder:
+  """The builder of one of our offline datasets (data in an installed wheel), built once.
 
-  The terminal gets one line; TFDS's banner and progress bars (printed, not logged) go to the log.
+  Two launchers started together on a fresh machine both find the dataset missing; TFDS builds
+  into a temporary folder and renames it, so the second rename failed with FileExistsError. The
+  build runs under an exclusive file lock beside the dataset's folder, and a process that waited
+  reads what the first one built.
   """
+  builder = make_builder()
+  if builder.is_prepared():
+    return builder
+  root = os.path.dirname(os.fspath(builder.data_dir))       # <data_dir>/<name>
+  if '://' in root:                                          # no file locks on remote storage
+    _build_offline(builder, source)
+    return builder
+  os.makedirs(os.path.dirname(root), exist_ok=True)
+  with open(root + '.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)                         # released when the file closes
+    builder = make_builder()                                 # another process may have built it
+    if not builder.is_prepared():
+      _build_offline(builder, source)
+  return builder
+
+
+def _build_offline(builder: tfds.core.DatasetBuilder, source: str) -> None:
+  """Builds the dataset as array_record. The terminal gets one line; TFDS's banner and progress
+  bars (printed, not logged) go to the log."""
   console.say('%s: building it from %s into %s (first use only)', builder.name, source,
               builder.data_dir)
   printed = io.StringIO()
