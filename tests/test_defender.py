@@ -19,10 +19,10 @@ from mip_jax.serving.defender import DefenseError, Defender
 
 # Served in these tests, one of each kind: plain settings (none, onepara with noise keyed by the
 # whole batch, tailfloor with its fitted floor, random), arrays (vae's generator, the purifier,
-# pgd's and grad2's substitute, lpa's substitute and target gradient) and a retrained classifier
-# (mid).
-SERVED = ('none', 'onepara', 'tailfloor', 'template', 'random', 'vae', 'lpa', 'purification', 'pgd', 'grad2',
-          'mid')
+# the learned redactor, pgd's and grad2's substitute, lpa's substitute and target gradient) and a
+# retrained classifier (mid).
+SERVED = ('none', 'onepara', 'tailfloor', 'template', 'random', 'vae', 'lpa', 'purification',
+          'learned', 'pgd', 'grad2', 'mid')
 
 
 def tiny_serving_config(data_dir: str):

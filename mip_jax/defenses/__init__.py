@@ -26,7 +26,7 @@ LOCATIONS = {
     'mid': 'mid', 'bido_coco': 'bido:COCO', 'bido_hsic': 'bido:HSIC',
     'purification': 'purification',
     'grad2': 'grad2', 'am': 'misinformation', 'tailfloor': 'tailfloor',
-    'template': 'template',
+    'template': 'template', 'learned': 'learned',
     'vae': 'vae',  # Table IX generator
 }
 

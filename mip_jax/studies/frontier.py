@@ -130,6 +130,7 @@ def default_grid(config) -> dict:
                           [{'tailfloor.threshold': x} for x in (1e-4, 1e-3, 0.01, 0.05, 0.2)]),
       'template': ('template', (), [{'template.confidence': x}
                                     for x in (0.5, 0.9, 0.99, 0.999)]),
+      'learned': ('learned', (), [{'learned.distortion_weight': x} for x in (0.01, 0.03, 0.1, 0.3)]),
       'lfp': ('lfp', (), [{'lfp.budget': x} for x in (0.05, 0.2)]),
       'vae': ('vae', (), [{'vae.eps': x} for x in (0.01, 0.05)]),
       'mid': ('mid', (), [{'mid.beta': x} for x in (0.001, 0.01, 0.1)]),
