@@ -19,6 +19,11 @@ of the protocol then trains a fresh decoder on what R serves, as it does against
 R is measured against attackers it never saw, not against its own H.
 
 Served in one jitted MLP pass (padded batches), like the purifier.
+
+Measured on mnist5k (docs/results/frontier/README.md, seeds 5-9) it does not lead: no better than
+the `random` control at the same query distortion, far above `tailfloor`. The min-max finds
+mappings its own decoder cannot read yet; a decoder trained afresh on the served vectors reads them.
+It stays as the baseline for learned defenses (and a reusable step: `redactor_step`).
 """
 
 import functools
