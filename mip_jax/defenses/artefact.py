@@ -95,6 +95,18 @@ def rebuild(cls, fields: dict):
   return cls(**{k: tupled(v) for k, v in fields.items()})
 
 
+def of_network(prefix: str, module, variables: Mapping, **settings) -> Artefact:
+  """The artefact of a network a defense serves (the purifier, the redactor, the VAE's generator):
+  its architecture as settings[prefix], its variables as arrays under `prefix`, and `settings`."""
+  return Artefact(settings={prefix: module_fields(module), **settings},
+                  arrays=pack(variables, prefix))
+
+
+def network(served: Artefact, prefix: str, cls) -> tuple[Any, dict]:
+  """(module, variables) of the network `of_network(prefix, ...)` saved, rebuilt as `cls`."""
+  return rebuild(cls, served.settings[prefix]), unpack(served.arrays, prefix)
+
+
 # ---------------------------------------------------------------- files
 
 def config_key(config) -> str:

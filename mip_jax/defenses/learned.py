@@ -173,16 +173,14 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
 
 def export(state: dict) -> artefact.Artefact:
   """The redactor's architecture and weights."""
-  return artefact.Artefact(settings={'redactor': artefact.module_fields(state['redactor'])},
-                           arrays=artefact.pack(state['variables'], 'redactor'))
+  return artefact.of_network('redactor', state['redactor'], state['variables'])
 
 
 def serve(served: artefact.Artefact, config, mesh) -> protocol.Backend:
   """softmax(R(c)) of each request's clean vectors, in chunks of config.serve.max_batch padded to
   bucket sizes."""
   del mesh
-  state = make_state(artefact.rebuild(Redactor, served.settings['redactor']),
-                     artefact.unpack(served.arrays, 'redactor'))
+  state = make_state(*artefact.network(served, 'redactor', Redactor))
   chunk = int(config.serve.max_batch)
   return protocol.Backend(lambda probs, images: (
       redact(state, probs, batch_size=chunk, pad_to=parallel.bucket_size), None))

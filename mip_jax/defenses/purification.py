@@ -190,16 +190,14 @@ def apply(state: dict, probs: np.ndarray, *, images: np.ndarray | None = None) -
 
 def export(state: dict) -> artefact.Artefact:
   """The purifier's architecture and variables."""
-  return artefact.Artefact(settings={'purifier': artefact.module_fields(state['purifier'])},
-                           arrays=artefact.pack(state['variables'], 'purifier'))
+  return artefact.of_network('purifier', state['purifier'], state['variables'])
 
 
 def serve(served: artefact.Artefact, config, mesh) -> protocol.Backend:
   """G(c) of each request's clean vectors, in chunks of config.serve.max_batch padded to bucket
   sizes (few compiled shapes for any request size)."""
   del mesh
-  state = make_state(artefact.rebuild(Purifier, served.settings['purifier']),
-                     artefact.unpack(served.arrays, 'purifier'))
+  state = make_state(*artefact.network(served, 'purifier', Purifier))
   chunk = int(config.serve.max_batch)
   return protocol.Backend(lambda probs, images: (
       purify(state, probs, batch_size=chunk, pad_to=parallel.bucket_size), None))

@@ -182,20 +182,16 @@ def make_state(model, params, eps: float, *, seed: int) -> dict:
 
 def export(state: dict) -> artefact.Artefact:
   """The generator's architecture and parameters, its radius and its serving seed."""
-  return artefact.Artefact(
-      settings={'generator': artefact.module_fields(state['model']), 'eps': state['eps'],
-                'seed': state['seed']},
-      arrays=artefact.pack(jax.device_get(state['params']), 'generator'))
+  return artefact.of_network('generator', state['model'], jax.device_get(state['params']),
+                             eps=state['eps'], seed=state['seed'])
 
 
 def serve(served: artefact.Artefact, config, mesh) -> protocol.Backend:
   """One generator pass per request (no images, no optimisation), in chunks of
   config.serve.max_batch padded to bucket sizes; a row whose network output is not finite fails."""
   del mesh
-  settings = served.settings
-  state = make_state(artefact.rebuild(vae_model.PerturbationVAE, settings['generator']),
-                     artefact.unpack(served.arrays, 'generator'), settings['eps'],
-                     seed=int(settings['seed']))
+  model, params = artefact.network(served, 'generator', vae_model.PerturbationVAE)
+  state = make_state(model, params, served.settings['eps'], seed=int(served.settings['seed']))
   chunk = int(config.serve.max_batch)
   return protocol.Backend(lambda probs, images: generate(state, probs, chunk=chunk),
                           moves_rows=True)
