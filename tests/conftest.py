@@ -10,6 +10,27 @@ import pytest
 from configs import digits
 
 
+def _memory_maps() -> int:
+  try:
+    with open('/proc/self/maps') as f:
+      return sum(1 for _ in f)
+  except OSError:  # not Linux: no such limit to watch
+    return 0
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _compiled_code_freed_when_it_piles_up():
+  """Drops every compiled executable when a test module ends with many memory maps. XLA:CPU maps
+  each executable's code into memory, and the suite compiles thousands (a model, a shape, a static
+  setting each): kept for the whole session they reached the kernel's 65,530 maps per process
+  (vm.max_map_count) two thirds of the way through, and XLA crashed compiling (SIGSEGV / SIGABRT
+  in test_vae). Past half that, the next modules recompile what they use instead."""
+  yield
+  if _memory_maps() > 30_000:
+    import jax
+    jax.clear_caches()
+
+
 @pytest.fixture(scope='session')
 def data_dir(tmp_path_factory):
   """A private TFDS data_dir (tests never touch ~/tensorflow_datasets)."""
